@@ -1,0 +1,46 @@
+# Quick start: `make demo` and `make test`. Each target installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-python test-micropython bench lint format system-deps clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# Mosquitto is the real broker the tests and the demo talk to.
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || ( (command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients)) || \
+		echo "install mosquitto to publish to MQTT" )
+
+demo: $(STAMP) system-deps
+	$(BIN)/gateway demo
+
+test: $(STAMP) system-deps test-python test-micropython
+
+test-python: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# gateway/core is portable: its tests run again under the real MicroPython unix port.
+test-micropython: $(STAMP)
+	$(BIN)/python tests/run_micropython.py
+
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/e2e.py --rate 1000 --seconds 10
+	$(BIN)/python bench/e2e.py --find-max
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway host_tools tests bench
+	$(BIN)/ruff format --check gateway host_tools tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format gateway host_tools tests bench
+	$(BIN)/ruff check --fix gateway host_tools tests bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info
