@@ -1,0 +1,47 @@
+"""Payload encodings shared by the sinks: JSON (default), MessagePack and CBOR."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+import cbor2
+import msgpack
+
+ENCODINGS = ("json", "msgpack", "cbor")
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _encode_json(value: Any) -> bytes:
+    return _json_encoder.encode(value).encode()
+
+
+def _encode_msgpack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+_ENCODERS: dict[str, Callable[[Any], bytes]] = {
+    "json": _encode_json,
+    "msgpack": _encode_msgpack,
+    "cbor": cbor2.dumps,
+}
+
+_DECODERS: dict[str, Callable[[bytes], Any]] = {
+    "json": json.loads,
+    "msgpack": lambda payload: msgpack.unpackb(payload, raw=False),
+    "cbor": cbor2.loads,
+}
+
+
+def encoder(name: str) -> Callable[[Any], bytes]:
+    """The function that turns a reading (or a list of readings, a batch) into bytes."""
+    try:
+        return _ENCODERS[name]
+    except KeyError:
+        raise ValueError(f"unknown encoding {name!r}; expected one of {', '.join(ENCODINGS)}")
+
+
+def decoder(name: str) -> Callable[[bytes], Any]:
+    """The inverse of encoder(name); used by tests, benchmarks and consumers."""
+    return _DECODERS[name]
