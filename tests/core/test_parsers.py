@@ -1,0 +1,335 @@
+"""parsers: each line format, its errors, and garbage that must only ever give ParseError."""
+
+from gateway.core.parsers import ParseError, make_parser, to_value, translate_named_groups
+
+GGA = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
+RMC = "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A"
+
+
+def _reason(parse, line):
+    """The ParseError reason for a line that must be rejected."""
+    try:
+        result = parse(line)
+    except ParseError as error:
+        assert error.reason == str(error)
+        return error.reason
+    raise AssertionError(f"expected ParseError for {line!r}, got {result!r}")
+
+
+def _config_error(**options):
+    try:
+        make_parser(**options)
+    except ValueError as error:
+        return str(error)
+    raise AssertionError(f"expected ValueError for {options!r}")
+
+
+def _nmea(body):
+    """A sentence with a correct checksum (XOR of everything between $ and *)."""
+    checksum = 0
+    for char in body:
+        checksum ^= ord(char)
+    return f"${body}*{checksum:02X}"
+
+
+def _garbage_lines(count, seed):
+    """Deterministic junk: control characters, quotes, separators, non-ASCII and surrogates."""
+    alphabet = '{}[]",:=*$ \t\x00\x1b\\/.-+0123456789aeEnNGPRMCA\u00b2\u00e9\u4e2d\ud800\U0001f600'
+    state = seed
+    lines = []
+    for _ in range(count):
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+        length = state % 60
+        chars = []
+        for _ in range(length):
+            state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+            chars.append(alphabet[(state >> 8) % len(alphabet)])
+        lines.append("".join(chars))
+    return lines
+
+
+# -- common ---------------------------------------------------------------------------------
+
+
+def test_to_value_numbers_and_text():
+    assert to_value("42") == 42 and type(to_value("42")) is int
+    assert to_value("-7") == -7
+    assert to_value("21.5") == 21.5 and type(to_value("21.5")) is float
+    assert to_value("1e3") == 1000.0
+    assert to_value("on") == "on"
+    assert to_value("") is None
+    assert to_value("nan") == "nan"  # not a number a JSON sink could carry
+    assert to_value("inf") == "inf"
+
+
+def test_every_format_rejects_empty_lines_and_strips_cr():
+    parsers = [
+        make_parser("json"),
+        make_parser("csv", fields=["a"]),
+        make_parser("kv"),
+        make_parser("nmea"),
+        make_parser("regex", pattern=r"(?P<a>\d+)"),
+    ]
+    for parse in parsers:
+        assert _reason(parse, "") == "empty line"
+        assert _reason(parse, "\r") == "empty line"
+        assert _reason(parse, "   \r\n") == "empty line"
+    assert make_parser("kv")("a=1\r") == {"a": 1}
+    assert make_parser("csv", fields=["a", "b"])("1,x\r\n") == {"a": 1, "b": "x"}
+
+
+def test_bytes_are_decoded_and_bad_utf8_is_a_parse_error():
+    parse = make_parser("kv")
+    assert parse(b"t=21.5") == {"t": 21.5}
+    assert _reason(parse, b"t=\xff\xfe") == "invalid UTF-8"
+    assert "expected a text line" in _reason(parse, 42)
+
+
+def test_unknown_format_and_missing_options_are_config_errors():
+    assert "unknown format 'xml'" in _config_error(format="xml")
+    assert "needs fields" in _config_error(format="csv")
+    assert "needs a pattern" in _config_error(format="regex")
+    assert "no named groups" in _config_error(format="regex", pattern=r"(\d+)")
+
+
+def test_garbage_only_ever_raises_parse_error():
+    parsers = [
+        make_parser("json"),
+        make_parser("csv", fields=["a", "b", "c"]),
+        make_parser("kv"),
+        make_parser("nmea"),
+        make_parser("regex", pattern=r"^(?P<a>[0-9]+),(?P<b>\w*)"),
+    ]
+    lines = _garbage_lines(300, 7) + ["\x00" * 10, "$" * 5, "*", "$*", "$GPGGA*", "{" * 200]
+    for parse in parsers:
+        for line in lines:
+            try:
+                result = parse(line)
+            except ParseError:
+                continue
+            assert type(result) is dict
+        for raw in (b"\xff\xfe\xfd", b"\xc3", b"\x80abc"):
+            try:
+                parse(raw)
+            except ParseError:
+                continue
+            raise AssertionError("invalid UTF-8 must not parse")
+
+
+# -- json -------------------------------------------------------------------------------------
+
+
+def test_json_object_keeps_nested_values():
+    parse = make_parser("json")
+    data = parse('{"t": 21.5, "n": 3, "s": "env", "nested": {"a": [1, 2]}, "ok": true}')
+    assert data == {"t": 21.5, "n": 3, "s": "env", "nested": {"a": [1, 2]}, "ok": True}
+
+
+def test_json_stream_and_dts_keys_are_returned_for_the_ingest():
+    data = make_parser("json")('{"stream": "power", "dts": 123, "w": 5}')
+    assert data["stream"] == "power" and data["dts"] == 123
+
+
+def test_json_truncated_is_a_parse_error():
+    parse = make_parser("json")
+    line = '{"t": 21.5, "h": [1, 2, {"x": "y"}]}'
+    assert parse(line)["t"] == 21.5
+    for cut in range(1, len(line) - 1):
+        assert _reason(parse, line[:cut]).startswith("invalid JSON")
+
+
+def test_json_that_is_not_an_object_is_a_parse_error():
+    parse = make_parser("json")
+    assert _reason(parse, "[1, 2]") == "JSON line is an array, expected an object"
+    assert _reason(parse, "42") == "JSON line is a number, expected an object"
+    assert _reason(parse, '"text"') == "JSON line is a string, expected an object"
+    assert _reason(parse, "null") == "JSON line is null, expected an object"
+    assert _reason(parse, "true") == "JSON line is a boolean, expected an object"
+
+
+def test_json_nan_is_rejected_like_on_micropython():
+    assert _reason(make_parser("json"), '{"t": NaN}').startswith("invalid JSON")
+
+
+def test_json_deep_nesting_is_a_parse_error():
+    parse = make_parser("json")
+    assert _reason(parse, "[" * 100000).startswith("invalid JSON")
+
+
+# -- csv --------------------------------------------------------------------------------------
+
+
+def test_csv_columns_become_named_numbers():
+    parse = make_parser("csv", fields=["t", "h", "state"])
+    assert parse("21.5,40,on") == {"t": 21.5, "h": 40, "state": "on"}
+    assert parse(" 21.5 , 40 , on ") == {"t": 21.5, "h": 40, "state": "on"}
+    assert parse("21.5,,on") == {"t": 21.5, "h": None, "state": "on"}
+
+
+def test_csv_wrong_column_count_names_expected_and_got():
+    parse = make_parser("csv", fields=["t", "h", "state"])
+    assert _reason(parse, "21.5,40") == "expected 3 CSV columns, got 2"
+    assert _reason(parse, "1,2,3,4") == "expected 3 CSV columns, got 4"
+
+
+def test_csv_other_delimiter_and_quotes():
+    parse = make_parser("csv", fields=["name", "t"], delimiter=";")
+    assert parse("bench;21") == {"name": "bench", "t": 21}
+    assert parse('"a;b";"2"') == {"name": "a;b", "t": 2}
+    assert parse('"say ""hi""";3') == {"name": 'say "hi"', "t": 3}
+    assert _reason(parse, '"open;3') == "unterminated quoted CSV cell"
+
+
+# -- key=value --------------------------------------------------------------------------------
+
+
+def test_kv_spaces_commas_or_both():
+    parse = make_parser("kv")
+    expected = {"t": 21.5, "h": 40}
+    assert parse("t=21.5 h=40") == expected
+    assert parse("t=21.5,h=40") == expected
+    assert parse("t=21.5, h=40") == expected
+    assert parse("state=on empty=") == {"state": "on", "empty": None}
+    assert parse("url=a=b") == {"url": "a=b"}
+
+
+def test_kv_token_without_equals_is_an_error():
+    parse = make_parser("kv")
+    assert _reason(parse, "t=21.5 garbage h=40") == "token 'garbage' has no '='"
+    assert _reason(parse, "=5") == "token '=5' has no key before '='"
+
+
+# -- nmea -------------------------------------------------------------------------------------
+
+
+def test_nmea_gga():
+    data = make_parser("nmea")(GGA)
+    assert data == {
+        "stream": "gga",
+        "time": "12:35:19",
+        "lat": 48.1173,
+        "lon": 11.5166667,
+        "fix_quality": 1,
+        "satellites": 8,
+        "hdop": 0.9,
+        "altitude": 545.4,
+    }
+
+
+def test_nmea_rmc():
+    data = make_parser("nmea")(RMC)
+    assert data == {
+        "stream": "rmc",
+        "time": "12:35:19",
+        "status": "A",
+        "lat": 48.1173,
+        "lon": 11.5166667,
+        "speed_knots": 22.4,
+        "course": 84.4,
+        "date": "1994-03-23",
+    }
+
+
+def test_nmea_any_talker_south_west_and_fractions():
+    parse = make_parser("nmea")
+    line = _nmea("GNGGA,092750.25,5321.6802,S,00630.3372,W,2,12,1.0,10.2,M,,M,,")
+    data = parse(line)
+    assert data["time"] == "09:27:50.25"
+    assert data["lat"] == -53.3613367
+    assert data["lon"] == -6.50562
+    assert data["fix_quality"] == 2
+    rmc = parse(_nmea("GLRMC,000001,V,,,,,,,010125,,,N"))
+    assert rmc["date"] == "2025-01-01" and rmc["status"] == "V"
+
+
+def test_nmea_empty_fields_are_none():
+    data = make_parser("nmea")(_nmea("GPGGA,,,,,,0,,,,M,,M,,"))
+    assert data["stream"] == "gga"
+    for key in ("time", "lat", "lon", "satellites", "hdop", "altitude"):
+        assert data[key] is None
+    assert data["fix_quality"] == 0
+
+
+def test_nmea_checksum_wrong_or_missing():
+    parse = make_parser("nmea")
+    assert _reason(parse, GGA[:-2] + "48") == "NMEA checksum mismatch: computed 47, line says '48'"
+    assert _reason(parse, GGA[: GGA.index("*")]) == "NMEA checksum missing"
+    assert _reason(parse, GGA[:-1]).startswith("NMEA checksum mismatch")
+    assert _reason(parse, GGA + "0").startswith("NMEA checksum mismatch")
+    # one corrupted character anywhere in the body is caught
+    corrupted = GGA.replace("4807.038", "4807.039")
+    assert _reason(parse, corrupted).startswith("NMEA checksum mismatch")
+
+
+def test_nmea_lower_case_checksum_and_trailing_cr():
+    assert make_parser("nmea")(RMC[:-2] + "6a\r\n")["stream"] == "rmc"
+
+
+def test_nmea_unsupported_sentence():
+    parse = make_parser("nmea")
+    gsv = _nmea("GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00")
+    assert _reason(parse, gsv) == "unsupported NMEA sentence GSV"
+    assert _reason(parse, _nmea("PGRME,15.0,M,45.0,M,25.0,M")) == "unsupported NMEA sentence PGRME"
+
+
+def test_nmea_malformed_sentences():
+    parse = make_parser("nmea")
+    assert _reason(parse, "GPGGA,1*00") == "NMEA sentence must start with '$'"
+    short = _reason(parse, _nmea("GPGGA,123519,4807.038,N"))
+    assert short == "GGA sentence has 4 fields, expected at least 11"
+    assert _reason(parse, _nmea("GPGGA,12:35,,,,,1,08,0.9,1,M,,M,,")) == "bad NMEA time '12:35'"
+    bad_lat = _nmea("GPGGA,123519,48x7.038,N,01131.000,E,1,08,0.9,545.4,M,,M,,")
+    assert _reason(parse, bad_lat) == "bad NMEA latitude '48x7.038'"
+    bad_side = _nmea("GPGGA,123519,4807.038,E,01131.000,E,1,08,0.9,545.4,M,,M,,")
+    assert _reason(parse, bad_side) == "bad NMEA latitude hemisphere 'E'"
+    bad_sats = _nmea("GPGGA,123519,4807.038,N,01131.000,E,1,many,0.9,545.4,M,,M,,")
+    assert _reason(parse, bad_sats) == "bad NMEA satellites 'many'"
+    bad_date = _nmea("GPRMC,123519,A,4807.038,N,01131.000,E,1,2,2303,,")
+    assert _reason(parse, bad_date) == "bad NMEA date '2303'"
+
+
+def test_nmea_non_ascii_digits_are_rejected():
+    parse = make_parser("nmea")
+    line = _nmea("GPGGA,123519,\u00b2\u00b207.038,N,01131.000,E,1,08,0.9,545.4,M,,M,,")
+    assert _reason(parse, line).startswith("bad NMEA latitude")
+    line = _nmea("GPRMC,\u00b23519,A,4807.038,N,01131.000,E,1,2,230394,,")
+    assert _reason(parse, line).startswith("bad NMEA time")
+
+
+def test_nmea_truncated_lines_are_parse_errors():
+    parse = make_parser("nmea")
+    for cut in range(1, len(GGA)):
+        _reason(parse, GGA[:cut])
+
+
+# -- regex ------------------------------------------------------------------------------------
+
+
+def test_regex_named_groups_become_fields():
+    parse = make_parser("regex", pattern=r"T:(?P<t>-?[0-9.]+)C H:(?P<h>[0-9]+)% (?P<state>\w+)")
+    assert parse("T:21.5C H:40% ok") == {"t": 21.5, "h": 40, "state": "ok"}
+    assert parse("boot> T:-3C H:99% alarm") == {"t": -3, "h": 99, "state": "alarm"}
+
+
+def test_regex_unnamed_and_optional_groups():
+    parse = make_parser("regex", pattern=r"^(\w+): (?P<v>\d+)( (?P<unit>[a-z]+))?$")
+    assert parse("temp: 21 c") == {"v": 21, "unit": "c"}
+    assert parse("temp: 21") == {"v": 21, "unit": None}
+
+
+def test_regex_no_match_is_a_parse_error():
+    parse = make_parser("regex", pattern=r"^T:(?P<t>[0-9.]+)$")
+    assert _reason(parse, "H:40") == "line does not match the pattern"
+
+
+def test_translate_named_groups_counts_only_capturing_groups():
+    plain, groups = translate_named_groups(r"(?:x)(a)\((?P<one>b)[(](?P<two>c)[]](?P<three>d)")
+    assert plain == r"(?:x)(a)\((b)[(](c)[]](d)"
+    assert groups == [(2, "one"), (3, "two"), (4, "three")]
+
+
+def test_regex_bad_patterns_are_config_errors():
+    assert "bad regex group name" in _config_error(format="regex", pattern="(?P<1x>a)")
+    assert "used twice" in _config_error(format="regex", pattern="(?P<a>x)(?P<a>y)")
+    assert "back-references" in _config_error(format="regex", pattern="(?P<a>x)(?P=a)")
+    assert "invalid regex" in _config_error(format="regex", pattern="(?P<a>x")
