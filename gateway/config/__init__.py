@@ -1,0 +1,15 @@
+"""Configuration: load gateway.toml, substitute ${ENV}, validate, normalise, resolve presets."""
+
+from gateway.config.loader import check_file, load, loads, validate_sink
+from gateway.config.schema import ConfigError
+from gateway.config.units import parse_duration, parse_size
+
+__all__ = [
+    "ConfigError",
+    "check_file",
+    "load",
+    "loads",
+    "parse_duration",
+    "parse_size",
+    "validate_sink",
+]

@@ -1,0 +1,1 @@
+"""Package data: the built-in presets as TOML files (read through gateway.config.presets)."""
