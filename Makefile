@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_SECONDS ?= 30
 
 .PHONY: demo test test-python test-micropython bench lint format system-deps clean
 
@@ -19,7 +20,7 @@ system-deps:
 		echo "install mosquitto to publish to MQTT" )
 
 demo: $(STAMP) system-deps
-	$(BIN)/gateway demo
+	$(BIN)/gateway demo --seconds $(DEMO_SECONDS)
 
 test: $(STAMP) system-deps test-python test-micropython
 

@@ -1,4 +1,4 @@
-"""Sink base: a bounded per-sink queue drained by one sender task, so a slow sink stalls no other."""
+"""Sink base: a bounded queue per sink drained by its own task, so no sink stalls another."""
 
 from __future__ import annotations
 

@@ -39,7 +39,9 @@ def encoder(name: str) -> Callable[[Any], bytes]:
     try:
         return _ENCODERS[name]
     except KeyError:
-        raise ValueError(f"unknown encoding {name!r}; expected one of {', '.join(ENCODINGS)}")
+        raise ValueError(
+            f"unknown encoding {name!r}; expected one of {', '.join(ENCODINGS)}"
+        ) from None
 
 
 def decoder(name: str) -> Callable[[bytes], Any]:

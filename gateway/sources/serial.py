@@ -13,6 +13,7 @@ import aioserial
 import serial
 
 from gateway.sources import ports
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.sources")
 
@@ -87,28 +88,6 @@ class LineFramer:
         return size
 
 
-class _Throttle:
-    """Logs the first problem of a kind at once, then at most one line per interval."""
-
-    def __init__(self, interval: float = 10.0):
-        self.interval = interval
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, kind: str, message: str, *args: Any, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            message += " (and %d more since the last report)"
-            args += (suppressed,)
-        log.warning(message, *args, exc_info=exc_info)
-
-
 class SerialSource:
     """One serial device read as lines: on_line(text, ts) for every good line.
 
@@ -150,7 +129,7 @@ class SerialSource:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._list_ports = list_ports
         self._framer = LineFramer(self.max_line, self._reject)
-        self._throttle = _Throttle()
+        self._throttle = ThrottledLog(log)
         self._serial: aioserial.AioSerial | None = None
         self._stopping = False
         self._stop_event: asyncio.Event | None = None

@@ -184,6 +184,14 @@ def test_id_only_packets_round_trip():
     assert (packet.type, packet.packet_id) == (mqtt.UNSUBACK, 300)
 
 
+def test_qos2_handshake_packets_round_trip():
+    for encode, kind in ((mqtt.pubrec, mqtt.PUBREC), (mqtt.pubrel, mqtt.PUBREL)):
+        packet = _one(encode(513))
+        assert (packet.type, packet.packet_id) == (kind, 513)
+    assert mqtt.pubrel(1)[0] == 0x62  # PUBREL carries the fixed flags 0b0010
+    assert _one(mqtt.pubcomp(7)).type == mqtt.PUBCOMP
+
+
 def test_subscribe_and_suback_round_trip():
     packet = _one(mqtt.subscribe(9, [("a/+/c", 0), ("d/#", 1), ("e", 2)]))
     assert packet.type == mqtt.SUBSCRIBE
@@ -216,6 +224,7 @@ def test_publish_encoder_matches_publish():
         ("gw/a/b", b"x" * 200, 1, False, 1),
         ("gw/a/b", b"y" * 20000, 1, True, 65535),
         ("gw/other", b"", 0, True, 0),
+        ("gw/q2", b"two", 2, False, 9),
     ]
     for topic, payload, qos, retain, packet_id in cases:
         encoder.append(out, topic, payload, qos, retain, packet_id)

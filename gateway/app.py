@@ -1,0 +1,125 @@
+"""Wiring: builds sinks, sources and their ingest paths from a validated config and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import Any
+
+from gateway import sinks as sink_registry
+from gateway.api.server import ApiServer
+from gateway.config import presets
+from gateway.ingest import Ingest, resolve_routes
+from gateway.sinks.base import Sink
+from gateway.sources.serial import SerialSource
+from gateway.sources.simulator import SimulatedDevice
+from gateway.store.sequences import SequenceStore
+
+log = logging.getLogger("gateway.app")
+
+
+class Gateway:
+    """The running gateway: one task per sink and per source, an API listener, clean stop."""
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config
+        self.gateway_id = config["gateway"]["id"]
+        self.data_dir = config["gateway"]["data_dir"]
+        self.api = ApiServer(config["api"]["listen"])
+        self.sinks: dict[str, Sink] = {
+            name: sink_registry.create(name, options, self.gateway_id, self.api)
+            for name, options in config["sinks"].items()
+        }
+        self.sequences = SequenceStore(os.path.join(self.data_dir, "sequences.json"))
+        self.simulated: list[SimulatedDevice] = []
+        self.sources: list[SerialSource] = []
+        self.ingests: list[Ingest] = []
+        for source in config["sources"]:
+            if source.get("enabled", True):
+                self._add_source(source)
+        self.api.add_http("GET", "/api/v1/health", self._health_response)
+        self._tasks: list[asyncio.Task] = []
+
+    def _add_source(self, source: dict[str, Any]) -> None:
+        preset = presets.resolve(self.config, source["preset"])
+        routes = resolve_routes(preset, self.sinks)
+        if not routes:
+            log.warning(
+                "source %s: preset %s routes to no configured sink", source["name"], preset["name"]
+            )
+        ingest = Ingest(source, preset, routes, self.gateway_id, self.sequences)
+        if source.get("simulate"):
+            device = SimulatedDevice(source["simulate"]["profile"], source["simulate"]["rate"])
+            self.simulated.append(device)
+            source = {**source, "port": device.path}
+        self.ingests.append(ingest)
+        self.sources.append(SerialSource(source, ingest.on_line))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then shut down in order: sources, pipelines, sinks."""
+        await self.api.start()
+        log.info(
+            "gateway %s running: %d sources, %d sinks, API on http://%s:%d",
+            self.gateway_id,
+            len(self.sources),
+            len(self.sinks),
+            self.api.host,
+            self.api.port,
+        )
+        self._tasks = [
+            asyncio.create_task(sink.run(), name=f"sink-{sink.name}")
+            for sink in self.sinks.values()
+        ]
+        for device in self.simulated:
+            await device.start()
+        self._tasks += [
+            asyncio.create_task(source.run(), name=f"source-{source.name}")
+            for source in self.sources
+        ]
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("gateway %s stopping", self.gateway_id)
+        for source in self.sources:
+            await source.stop()
+        for device in self.simulated:
+            await device.stop()
+        for ingest in self.ingests:
+            ingest.flush()
+        await asyncio.gather(*(sink.stop() for sink in self.sinks.values()), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.sequences.close()
+        await self.api.stop()
+        log.info("gateway %s stopped: %s", self.gateway_id, json.dumps(self.stats()["totals"]))
+
+    def stats(self) -> dict[str, Any]:
+        sources = {}
+        for source, ingest in zip(self.sources, self.ingests):
+            sources[source.name] = {"state": source.state, **source.counters, **ingest.counters}
+        sinks = {name: sink.stats() for name, sink in self.sinks.items()}
+        totals = {
+            "readings": sum(ingest.counters["readings"] for ingest in self.ingests),
+            "parse_errors": sum(ingest.counters["parse_errors"] for ingest in self.ingests),
+            "delivered": {name: sink.counters["delivered"] for name, sink in self.sinks.items()},
+        }
+        return {"gateway": self.gateway_id, "sources": sources, "sinks": sinks, "totals": totals}
+
+    def health(self) -> dict[str, Any]:
+        components = {f"source:{source.name}": source.state for source in self.sources}
+        components.update(
+            {
+                f"sink:{name}": "connected" if sink.connected else "disconnected"
+                for name, sink in self.sinks.items()
+            }
+        )
+        ready = all(state in ("connected",) for state in components.values())
+        return {"status": "ok", "ready": ready, "components": components}
+
+    def _health_response(self, request: Any) -> tuple[int, dict[str, str], bytes]:
+        body = json.dumps({**self.health(), "stats": self.stats()}).encode()
+        return 200, {"Content-Type": "application/json"}, body

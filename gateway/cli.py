@@ -1,0 +1,224 @@
+"""The `gateway` command: run, check, presets, demo.
+
+Exit codes: 0 success; 1 runtime failure; 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from importlib import resources
+from typing import Any
+
+from gateway import __version__
+from gateway.config import ConfigError, check_file, load, loads, presets
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_INVALID = 2
+
+log = logging.getLogger("gateway.cli")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonLogFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+            )
+        )
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Edge gateway for serial IoT devices."
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the gateway")
+    run.add_argument(
+        "-c", "--config", default="gateway.toml", help="config file (default gateway.toml)"
+    )
+
+    check = commands.add_parser("check", help="validate a config file; exit 0 valid, 2 invalid")
+    check.add_argument("-c", "--config", default="gateway.toml")
+
+    listing = commands.add_parser("presets", help="list built-in presets, or print one as TOML")
+    listing.add_argument("name", nargs="?")
+
+    demo = commands.add_parser(
+        "demo", help="simulated devices on ptys through the real serial path"
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)"
+    )
+    demo.add_argument("--listen", help="API/WebSocket listener (default from the demo config)")
+    demo.add_argument("--mqtt", help="broker URL (default mqtt://127.0.0.1:1883)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    setup_logging(arguments.log_level, arguments.log_format)
+    handlers = {
+        "run": command_run,
+        "check": command_check,
+        "presets": command_presets,
+        "demo": command_demo,
+    }
+    try:
+        return handlers[arguments.command](arguments)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def command_check(arguments: argparse.Namespace) -> int:
+    errors = check_file(arguments.config)
+    for error in errors:
+        print(error)
+    if errors:
+        print(f"{arguments.config}: {len(errors)} error(s)", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{arguments.config}: valid")
+    return EXIT_OK
+
+
+def command_presets(arguments: argparse.Namespace) -> int:
+    if arguments.name is None:
+        for preset in presets.available():
+            print(f"{preset['name']:16} {preset['description']}")
+        return EXIT_OK
+    if arguments.name not in presets.BUILTIN_NAMES:
+        known = ", ".join(presets.BUILTIN_NAMES)
+        print(f"unknown preset {arguments.name!r}; built-in presets: {known}", file=sys.stderr)
+        return EXIT_INVALID
+    print(presets.builtin_text(arguments.name), end="")
+    return EXIT_OK
+
+
+def command_run(arguments: argparse.Namespace) -> int:
+    try:
+        config = load(arguments.config)
+    except ConfigError as error:
+        for line in error.errors:
+            print(line, file=sys.stderr)
+        if not os.path.exists(arguments.config):
+            hint = "start from docs/examples/gateway.toml, or try `gateway demo`"
+        else:
+            hint = f"`gateway check -c {arguments.config}` lists every problem"
+        print(f"hint: {hint}", file=sys.stderr)
+        return EXIT_INVALID
+    return run_gateway(config)
+
+
+def demo_config(arguments: argparse.Namespace) -> dict[str, Any]:
+    text = resources.files("gateway").joinpath("demo.toml").read_text()
+    config = loads(text, source="gateway/demo.toml")
+    if arguments.listen:
+        config["api"]["listen"] = arguments.listen
+    if arguments.mqtt:
+        for sink in config["sinks"].values():
+            if sink["type"] == "mqtt":
+                sink["url"] = arguments.mqtt
+    return config
+
+
+def command_demo(arguments: argparse.Namespace) -> int:
+    config = demo_config(arguments)
+    listen = config["api"]["listen"]
+    udp_targets = [
+        target
+        for sink in config["sinks"].values()
+        if sink["type"] == "udp"
+        for target in sink["targets"]
+    ]
+    mqtt_urls = [sink["url"] for sink in config["sinks"].values() if sink["type"] == "mqtt"]
+    print("gateway demo: simulated devices on ptys, read through the real serial path")
+    print(f"  WebSocket:  ws://{listen}/ws   (health: http://{listen}/api/v1/health)")
+    print(f"  UDP:        {', '.join(udp_targets)}")
+    print(f"  MQTT:       {', '.join(mqtt_urls)}  topic gw/{config['gateway']['id']}/#")
+    print(
+        "  stop with Ctrl-C" if not arguments.seconds else f"  stops after {arguments.seconds:g} s"
+    )
+    return run_gateway(config, seconds=arguments.seconds, report_every=5.0)
+
+
+def run_gateway(config: dict[str, Any], seconds: float = 0, report_every: float = 0) -> int:
+    try:
+        return asyncio.run(_run(config, seconds, report_every))
+    except OSError as error:
+        log.error("cannot start: %s", error)
+        return EXIT_RUNTIME
+
+
+async def _run(config: dict[str, Any], seconds: float, report_every: float) -> int:
+    from gateway.app import Gateway
+
+    try:
+        gateway = Gateway(config)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    helpers = []
+    if seconds:
+        helpers.append(loop.call_later(seconds, stop.set))
+    reporter = asyncio.create_task(_report(gateway, report_every)) if report_every else None
+    await gateway.run(stop)
+    for handle in helpers:
+        handle.cancel()
+    if reporter:
+        reporter.cancel()
+    print(json.dumps(gateway.stats()["totals"]))
+    return EXIT_OK
+
+
+async def _report(gateway: Any, every: float) -> None:
+    """Print a one-line progress summary periodically (demo)."""
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(every)
+        totals = gateway.stats()["totals"]
+        delivered = " ".join(f"{name}={count}" for name, count in totals["delivered"].items())
+        elapsed = time.monotonic() - started
+        print(
+            f"[{elapsed:5.0f}s] readings {totals['readings']}  delivered {delivered}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
