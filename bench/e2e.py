@@ -19,6 +19,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gateway.config import presets  # noqa: E402
 from tests.support.broker import Broker, free_port  # noqa: E402
 from tests.support.e2e import (  # noqa: E402
     DeviceWriters,
@@ -31,6 +32,38 @@ from tests.support.e2e import (  # noqa: E402
 SINK_KINDS = ("mqtt", "udp", "websocket")
 
 
+SINK_NAMES = {"mqtt": "mqtt", "udp": "udp", "websocket": "live"}
+
+
+def inline_table(values: dict) -> str:
+    """A small dict as a TOML inline table (strings, numbers, booleans, nested tables)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            text = inline_table(value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        else:
+            text = repr(value)
+        parts.append(f"{key} = {text}")
+    return "{ " + ", ".join(parts) + " }"
+
+
+def bench_routes(preset: str) -> list[dict]:
+    """The preset's own routes (batching, encoding, QoS), to all three sinks by name."""
+    routes = {}
+    for route in presets.resolve(None, preset)["routes"]:
+        kind = route.get("type") or route.get("sink")
+        options = {k: v for k, v in route.items() if k not in ("type", "sink") and v is not None}
+        routes[kind] = options
+    batch = next((r["batch"] for r in routes.values() if r.get("batch")), None)
+    for kind in SINK_NAMES:
+        routes.setdefault(kind, {"batch": batch} if batch else {})
+    return [{"sink": SINK_NAMES[kind], **options} for kind, options in routes.items()]
+
+
 def bench_config(
     preset: str, paths: list[str], broker_port: int, udp_port: int, api_port: int
 ) -> str:
@@ -38,6 +71,7 @@ def bench_config(
         f'\n[[sources]]\nname = "dev-{i}"\nport = "{path}"\nstream = "bench"\npreset = "bench"\n'
         for i, path in enumerate(paths)
     )
+    routes = ",\n  ".join(inline_table(route) for route in bench_routes(preset))
     return f"""
 [gateway]
 id = "bench"
@@ -48,7 +82,9 @@ listen = "127.0.0.1:{api_port}"
 {sources}
 [presets.bench]
 extends = "{preset}"
-routes = [{{ sink = "mqtt" }}, {{ sink = "udp" }}, {{ sink = "live" }}]
+routes = [
+  {routes},
+]
 
 [sinks.mqtt]
 type = "mqtt"
@@ -127,23 +163,36 @@ def summarise(received: list, offered: int, started: float) -> dict:
 
 
 def find_max(preset: str, devices: int, seconds: float, start: float, ceiling: float) -> dict:
-    """Double the rate until a run loses readings or falls behind, then report the best."""
-    best = None
+    """Double the rate until a run loses readings or falls behind, then bisect twice."""
+    best, failed = None, None
     rate = start
     while rate <= ceiling:
-        report = run_once(preset, devices, rate, seconds)
-        achieved = min(sink["readings_per_second"] for sink in report["sinks"].values())
-        print(
-            json.dumps(
-                {"probe_rate": rate, "zero_loss": report["zero_loss"], "achieved": achieved}
-            ),
-            file=sys.stderr,
-        )
-        if not report["zero_loss"] or achieved < 0.9 * rate:
+        report = probe(preset, devices, rate, seconds)
+        if report is None:
+            failed = rate
             break
         best = report
         rate *= 2
-    return {"find_max": True, "best_zero_loss": best}
+    for _ in range(2):
+        if best is None or failed is None:
+            break
+        rate = (best["rate_offered"] + failed) / 2
+        report = probe(preset, devices, rate, seconds)
+        if report is None:
+            failed = rate
+        else:
+            best = report
+    return {"find_max": True, "preset": preset, "best_zero_loss": best}
+
+
+def probe(preset: str, devices: int, rate: float, seconds: float) -> dict | None:
+    """One run; its report when it kept up (≥ 90 % of the rate) with zero loss, else None."""
+    report = run_once(preset, devices, rate, seconds)
+    achieved = min(sink["readings_per_second"] for sink in report["sinks"].values())
+    kept_up = report["zero_loss"] and achieved >= 0.9 * rate
+    progress = {"probe_rate": rate, "zero_loss": report["zero_loss"], "achieved": achieved}
+    print(json.dumps(progress), file=sys.stderr, flush=True)
+    return report if kept_up else None
 
 
 def main() -> None:

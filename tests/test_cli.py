@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 from tests.support.broker import free_port
-from tests.support.e2e import REPO_ROOT, GatewayProcess, free_udp_port
+from tests.support.e2e import REPO_ROOT, free_udp_port
 
 
 def gateway(*arguments: str, cwd: str | None = None) -> subprocess.CompletedProcess:
@@ -62,7 +62,7 @@ def test_run_refuses_an_invalid_config_with_the_key_path(tmp_path):
     assert "hint: start from docs/examples/gateway.toml" in missing.stderr
 
 
-def test_sigterm_stops_cleanly_and_saves_sequence_numbers(tmp_path):
+def test_sigterm_stops_cleanly_and_saves_sequence_numbers(tmp_path, gateway_process):
     api_port = free_port()
     config = f"""
 [gateway]
@@ -81,7 +81,7 @@ routes = [{{ sink = "udp" }}]
 type = "udp"
 targets = ["127.0.0.1:{free_udp_port()}"]
 """
-    process = GatewayProcess(config, str(tmp_path))
+    process = gateway_process(config)
     process.start(api_port)
     process.wait_for(lambda stats: stats["totals"]["readings"] >= 20)
     process.process.send_signal(signal.SIGTERM)

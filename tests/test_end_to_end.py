@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from tests.support.broker import free_port
-from tests.support.e2e import DeviceWriters, GatewayProcess, Receivers, free_udp_port
+from tests.support.e2e import DeviceWriters, Receivers, free_udp_port
 
 DEVICES = 4
 PER_DEVICE = 2_600  # 10,400 readings in all
@@ -91,12 +91,10 @@ def assert_complete_and_ordered(
 
 
 @pytest.mark.timeout(180)
-def test_every_reading_reaches_mqtt_udp_and_websocket_in_order(broker, tmp_path):
+def test_every_reading_reaches_mqtt_udp_and_websocket_in_order(broker, tmp_path, gateway_process):
     udp_port, api_port = free_udp_port(), free_port()
     writers = DeviceWriters(DEVICES, str(tmp_path))
-    gateway = GatewayProcess(
-        e2e_config(writers.paths, broker.port, udp_port, api_port), str(tmp_path)
-    )
+    gateway = gateway_process(e2e_config(writers.paths, broker.port, udp_port, api_port))
     gateway.start(api_port)
     receivers = Receivers(
         udp_port=udp_port,
@@ -128,7 +126,8 @@ def stalled_websocket_client(port: int, path: str) -> socket.socket:
     key = base64.b64encode(os.urandom(16)).decode()
     client.sendall(
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     response = b""
     while b"\r\n\r\n" not in response:
@@ -138,11 +137,11 @@ def stalled_websocket_client(port: int, path: str) -> socket.socket:
 
 
 @pytest.mark.timeout(180)
-def test_a_stalled_websocket_client_does_not_slow_mqtt_or_udp(broker, tmp_path):
+def test_a_stalled_websocket_client_does_not_slow_mqtt_or_udp(broker, tmp_path, gateway_process):
     udp_port, api_port = free_udp_port(), free_port()
     writers = DeviceWriters(2, str(tmp_path))
     config = e2e_config(writers.paths, broker.port, udp_port, api_port, ws_queue=100)
-    gateway = GatewayProcess(config, str(tmp_path))
+    gateway = gateway_process(config)
     gateway.start(api_port)
     stalled = stalled_websocket_client(api_port, "/ws")
     per_device = 3_000

@@ -48,7 +48,9 @@ class QueueOnlySink(Sink):
 
 def build(tmp_path):
     config = loads(CONFIG, environ={})
-    sinks = {name: QueueOnlySink(name, options["type"]) for name, options in config["sinks"].items()}
+    sinks = {
+        name: QueueOnlySink(name, options["type"]) for name, options in config["sinks"].items()
+    }
     preset = presets.resolve(config, "lab")
     routes = resolve_routes(preset, sinks)
     store = SequenceStore(str(tmp_path / "seq.json"))
@@ -67,7 +69,7 @@ def test_routes_by_name_and_by_type_fan_out(tmp_path):
 def test_envelope_transforms_and_consecutive_seq(tmp_path):
     ingest, sinks = build(tmp_path)
     for value in (215, 216, 217):
-        ingest.on_line('{"t": %d, "h": 40}' % value, 1764236400.1234567)
+        ingest.on_line(f'{{"t": {value}, "h": 40}}', 1764236400.1234567)
     readings = [reading for reading, _route in sinks["a"].taken()]
     assert [r["seq"] for r in readings] == [0, 1, 2]
     first = readings[0]

@@ -47,6 +47,7 @@ class Sink:
         self._queue: collections.deque = collections.deque()
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._dropped: str | None = None
 
     # -- called by the app -------------------------------------------------------------
     def offer(self, reading: dict, route: dict) -> bool:
@@ -80,6 +81,7 @@ class Sink:
             try:
                 if not self.connected:
                     await self.open()
+                    self._dropped = None  # whatever dropped before this connection is handled
                     self.connected = True
                     self.last_error = None
                     attempt = 0
@@ -108,6 +110,11 @@ class Sink:
         self.connected = False
 
     # -- for subclasses ------------------------------------------------------------------
+    def connection_dropped(self, reason: str) -> None:
+        """Report a connection lost while idle, so the sender reconnects now, not on next send."""
+        self._dropped = reason
+        self._wakeup.set()
+
     async def open(self) -> None:
         """Connect to the far side; raise SinkError or OSError when it cannot be reached."""
 
@@ -120,6 +127,9 @@ class Sink:
     # -- internals -----------------------------------------------------------------------
     async def _deliver_until_failure(self) -> None:
         while not self._stopping:
+            if self._dropped is not None:
+                reason, self._dropped = self._dropped, None
+                raise SinkError(reason)
             if not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()

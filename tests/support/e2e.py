@@ -260,6 +260,12 @@ class GatewayProcess:
         self._log.close()
         return code
 
+    def kill(self) -> None:
+        """Make sure the child is gone (test teardown after a failure)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
     def log(self) -> str:
         with open(self.log_path, errors="replace") as file:
             return file.read()[-5000:]
