@@ -51,12 +51,14 @@ class Ingest:
             delimiter=source.get("delimiter", ","),
         )
         self.pipeline = Pipeline(preset.get("steps", []))
+        self.keep_device_time = preset.get("device_time", True)
         self.routes = routes
         self.sequences = sequences
         self.counters: Counter = Counter()
         self._problems = ThrottledLog(log)
 
     def on_line(self, text: str, ts: float) -> None:
+        """A line from a line-framed source: parse it, then on to on_data."""
         try:
             data = self.parse(text)
         except ParseError as error:
@@ -64,27 +66,45 @@ class Ingest:
             self._problems.warning("parse", "source %s: bad line dropped: %s", self.device, error)
             return
         self.counters["lines"] += 1
-        stream = data.pop("stream", None) or self.default_stream
+        stream = data.pop("stream", None)
+        device_time = data.pop("dts", None)
+        self.on_data(data, ts, stream=stream, device_time=device_time)
+
+    def on_data(
+        self,
+        data: dict[str, Any],
+        ts: float,
+        stream: str | None = None,
+        device_time: Any = None,
+        device: str | None = None,
+    ) -> None:
+        """One record of named values (a parsed line, or a reading from a COBS frame)."""
         reading = {
             "gateway": self.gateway_id,
-            "device": self.device,
-            "stream": str(stream),
+            "device": device or self.device,
+            "stream": str(stream or self.default_stream),
             "seq": 0,
             "ts": round(ts, 6),
         }
-        device_time = data.pop("dts", None)
-        if device_time is not None:
+        if device_time is not None and self.keep_device_time:
             reading["dts"] = device_time
         reading["data"] = data
         try:
             readings = self.pipeline.process(reading)
-        except Exception as error:  # a step bug must not stop the source; say which line
+        except Exception as error:  # a step bug must not stop the source; say which record
             self.counters["pipeline_errors"] += 1
             self._problems.warning(
-                "pipeline", "source %s: pipeline failed on %r: %s", self.device, text, error
+                "pipeline", "source %s: pipeline failed on %r: %s", self.device, data, error
             )
             return
         self._emit(readings)
+
+    async def settle(self) -> None:
+        """Return once every reading offered so far is as safe as its sinks' policy makes it.
+
+        A device acknowledgement is sent only after this returns, so a reading acknowledged
+        to a device is never lost. Until the durable store exists, queued in memory is all.
+        """
 
     def flush(self) -> None:
         """Emit what stateful steps (windows) still hold; called at shutdown."""
