@@ -1,4 +1,4 @@
-"""Serial line source: reads a port in chunks, splits lines, counts bad ones, reconnects."""
+"""Serial source: reads a port in chunks, splits lines (or hands frames on), reconnects."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import aioserial
 import serial
@@ -21,6 +21,9 @@ DEFAULT_BAUD = 115200
 DEFAULT_MAX_LINE = 4096
 DEFAULT_RECONNECT_INTERVAL = 0.5
 READ_SIZE = 65536
+# Bytes for the device (ACKs, commands) held while it does not read; beyond this they are
+# dropped and counted: ACKs are cumulative and commands time out, so nothing stalls.
+MAX_WRITE_BACKLOG = 65536
 COUNTERS = (
     "lines",
     "bytes",
@@ -33,6 +36,24 @@ COUNTERS = (
 
 OnLine = Callable[[str, float], None]
 OnEvent = Callable[[str, dict], None]
+
+
+class FrameHandler(Protocol):
+    """What a framed (non-line) protocol plugs into SerialSource: cobs_link.CobsHandler."""
+
+    def connected(self, port: str, write: Callable[[bytes], bool]) -> None: ...
+
+    def receive(self, chunk: bytes, ts: float) -> None: ...
+
+    def disconnected(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    async def command(
+        self, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]: ...
 
 
 class LineFramer:
@@ -92,9 +113,12 @@ class SerialSource:
     """One serial device read as lines: on_line(text, ts) for every good line.
 
     `options` is the normalised source config: name, port or match {vid, pid, serial}, baud,
-    max_line, framing ("lines"), reconnect_interval. `ts` is time.time() when the chunk holding
-    the line arrived. `state` is "connected", "waiting" (device absent) or "stopped";
-    on_event(name, detail) hears "connected", "waiting" and "stopped".
+    max_line, framing ("lines" or "cobs"), reconnect_interval. `ts` is time.time() when the
+    chunk holding the line arrived. `state` is "connected", "waiting" (device absent) or
+    "stopped"; on_event(name, detail) hears "connected", "waiting" and "stopped".
+
+    framing = "cobs" needs a `handler` (cobs_link.CobsHandler): it gets the raw chunks instead
+    of on_line, and write() to talk back to the device.
     """
 
     def __init__(
@@ -104,6 +128,7 @@ class SerialSource:
         on_event: OnEvent | None = None,
         *,
         list_ports: Callable[[], list[dict[str, Any]]] | None = None,
+        handler: FrameHandler | None = None,
     ):
         self.name = options.get("name") or options.get("port") or "serial"
         self.port: str | None = options.get("port")
@@ -112,9 +137,12 @@ class SerialSource:
             raise ValueError(f"source {self.name}: needs a port or a match")
         if self.match:
             ports.find(self.match, [])  # a malformed match fails now, not on every attempt
-        framing = options.get("framing") or "lines"
-        if framing != "lines":
-            raise ValueError(f"source {self.name}: framing {framing!r} is not supported yet")
+        self.framing = options.get("framing") or "lines"
+        if self.framing not in ("lines", "cobs"):
+            raise ValueError(f"source {self.name}: framing {self.framing!r} is not supported")
+        if (self.framing == "cobs") != (handler is not None):
+            needs = "needs a frame handler" if handler is None else "takes no frame handler"
+            raise ValueError(f"source {self.name}: framing {self.framing!r} {needs}")
         self.baud = int(options.get("baud") or DEFAULT_BAUD)
         self.max_line = int(options.get("max_line") or DEFAULT_MAX_LINE)
         self.reconnect_interval = float(
@@ -127,6 +155,10 @@ class SerialSource:
         self.state = "stopped"
         self.device: str | None = None  # the path open right now
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.handler = handler
+        if handler is not None:
+            self.counters["write_overflow"] = 0
+            self._receive = self._receive_frames  # type: ignore[method-assign]
         self._list_ports = list_ports
         self._framer = LineFramer(self.max_line, self._reject)
         self._throttle = ThrottledLog(log)
@@ -136,6 +168,10 @@ class SerialSource:
         self._finished: asyncio.Event | None = None
         self._gone: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
+        self._fd: int | None = None  # the port's fd while read_mode "fd" reads it
+        self._out = bytearray()  # bytes for the device not yet taken by the port
+        self._awaiting_writable = False
+        self._writer_task: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -158,7 +194,21 @@ class SerialSource:
             await self._finished.wait()
 
     def stats(self) -> dict[str, Any]:
-        return {"name": self.name, "state": self.state, "device": self.device, **self.counters}
+        stats = {"name": self.name, "state": self.state, "device": self.device, **self.counters}
+        if self.handler is not None:
+            stats["link"] = self.handler.stats()
+            stats["remote"] = self.handler.state()
+        return stats
+
+    async def command(
+        self, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """Run a device command (framing "cobs"); see cobs_link.CobsHandler.command."""
+        if self.handler is None:
+            from gateway.sources.commands import CommandError
+
+            raise CommandError(f"source {self.name}: a line device takes no commands")
+        return await self.handler.command(name, args, timeout)
 
     async def run(self) -> None:
         """Open the port, read it, and reopen it whenever the device comes back, until stop()."""
@@ -257,11 +307,16 @@ class SerialSource:
         """Read until the device goes away (returns why) or stop() (returns None)."""
         self._serial = serial_port
         try:
+            if self.handler is not None:
+                self.handler.connected(self.device or "", self.write)
             if self.read_mode == "fd":
                 return await self._read_with_fd(serial_port)
             return await self._read_with_thread(serial_port)
         finally:
             self._serial = None
+            self._out.clear()
+            if self.handler is not None:
+                self.handler.disconnected()
             serial_port.close()
             self._discard_partial_line()
 
@@ -275,6 +330,8 @@ class SerialSource:
         fd = serial_port.fileno()
         os.set_blocking(fd, False)
         self._gone = loop.create_future()
+        self._fd = fd
+        self._write_fd()
 
         def readable() -> None:
             try:
@@ -294,6 +351,10 @@ class SerialSource:
             return await self._gone
         finally:
             loop.remove_reader(fd)
+            if self._awaiting_writable:
+                loop.remove_writer(fd)
+                self._awaiting_writable = False
+            self._fd = None
             self._gone = None
 
     async def _read_with_thread(self, serial_port: aioserial.AioSerial) -> str | None:
@@ -332,6 +393,75 @@ class SerialSource:
                     text[:80],
                     exc_info=True,
                 )
+
+    def _receive_frames(self, chunk: bytes, ts: float) -> None:
+        if self._stopping:
+            return
+        self.counters["bytes"] += len(chunk)
+        assert self.handler is not None
+        try:
+            self.handler.receive(chunk, ts)
+        except Exception:  # a handler bug must not stop the source or lose the next frames
+            self.counters["callback_errors"] += 1
+            self._throttle.warning(
+                "callback", "source %s: frame handler failed", self.name, exc_info=True
+            )
+
+    # -- writing (framed protocols talk back) --------------------------------------------
+
+    def write(self, data: bytes) -> bool:
+        """Queue bytes for the device without blocking; False when they cannot go out."""
+        if self._serial is None:
+            return False
+        if len(self._out) + len(data) > MAX_WRITE_BACKLOG:
+            self.counters["write_overflow"] += 1
+            self._throttle.warning(
+                "write_overflow",
+                "source %s: device is not reading; dropped %d bytes for it (write_overflow)",
+                self.name,
+                len(data),
+            )
+            return False
+        self._out += data
+        if self.read_mode == "fd":
+            self._write_fd()  # before the reader took the fd, it waits there for _read_with_fd
+        elif self._writer_task is None:
+            loop = asyncio.get_running_loop()
+            self._writer_task = loop.create_task(self._write_with_thread(self._serial))
+        return True
+
+    def _write_fd(self) -> None:
+        fd = self._fd
+        if fd is None or not self._out:
+            return
+        try:
+            written = os.write(fd, self._out)
+        except BlockingIOError:
+            written = 0
+        except OSError as error:
+            self._out.clear()
+            self._device_gone(f"write failed: {error}")
+            return
+        del self._out[:written]
+        wants_writable = bool(self._out)
+        if wants_writable != self._awaiting_writable:
+            loop = asyncio.get_running_loop()
+            if wants_writable:
+                loop.add_writer(fd, self._write_fd)
+            else:
+                loop.remove_writer(fd)
+            self._awaiting_writable = wants_writable
+
+    async def _write_with_thread(self, serial_port: aioserial.AioSerial) -> None:
+        try:
+            while self._out and self._serial is serial_port:
+                data = bytes(self._out)
+                self._out.clear()
+                await serial_port.write_async(data)
+        except (serial.SerialException, OSError) as error:
+            log.warning("source %s: write failed: %s", self.name, error)
+        finally:
+            self._writer_task = None
 
     def _reject(self, reason: str, size: int, detail: str = "") -> None:
         self.counters[reason] += 1
