@@ -88,8 +88,12 @@ def _reject_constant(name):
 if sys.implementation.name == "micropython":
     _loads = json.loads  # already rejects NaN and Infinity
 else:
-    # one decoder for all lines: json.loads with options would build a new one per call
-    _loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+    try:
+        # CPython fast path (≈ 6x json's speed); rejects NaN and Infinity as MicroPython does
+        from orjson import loads as _loads
+    except ImportError:
+        # one decoder for all lines: json.loads with options would build a new one per call
+        _loads = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 def _parse_json(line):

@@ -578,17 +578,18 @@ class MqttSink(Sink):
 
     # -- readings to messages --------------------------------------------------------------
     def _messages(self, items: list[Item]):
-        """(topic, payload, qos, retain) per message; batch routes group same-topic runs.
+        """(topic, payload, qos, retain) per message; batch routes group readings by topic.
 
         This is the hot path: one reading per message at tens of thousands per second.
+        Batches gather a round's readings per topic, not only consecutive runs: readings of
+        several devices arrive interleaved, and runs would make batches of a few readings.
+        Order within a topic is kept, which is the order MQTT consumers can rely on.
         """
         topic_cache = self._topic_cache
         last_route: Any = None
         settings: _Settings | None = self._default
         template, encode, qos, retain = self._default.unpacked()
-        group: list[dict] = []
-        group_topic = ""
-        group_settings = settings
+        groups: dict[tuple, list[dict]] = {}
         for reading, route in items:
             if route is not last_route:
                 last_route = route
@@ -609,9 +610,6 @@ class MqttSink(Sink):
                 if topic is None:
                     continue
             if settings.max_readings == 1:
-                if group:
-                    yield from self._encoded_group(group_topic, group_settings, group)
-                    group = []
                 try:
                     payload = encode(reading)
                 except (TypeError, ValueError, OverflowError) as error:
@@ -619,18 +617,14 @@ class MqttSink(Sink):
                     continue
                 yield topic, payload, qos, retain
                 continue
-            if group and (
-                topic != group_topic
-                or settings is not group_settings
-                or len(group) >= settings.max_readings
-            ):
-                yield from self._encoded_group(group_topic, group_settings, group)
-                group = []
+            group_key = (topic, settings)
+            group = groups.setdefault(group_key, [])
             group.append(reading)
-            group_topic = topic
-            group_settings = settings
-        if group:
-            yield from self._encoded_group(group_topic, group_settings, group)
+            if len(group) >= settings.max_readings:
+                del groups[group_key]
+                yield from self._encoded_group(topic, settings, group)
+        for (topic, group_settings), group in groups.items():
+            yield from self._encoded_group(topic, group_settings, group)
 
     def _encoded_group(self, topic: str, settings: _Settings, readings: list[dict]):
         try:
