@@ -2,7 +2,9 @@
 
 DELIMITER = b"\x00"
 MAX_BLOCK = 254  # data bytes one code byte can cover (code 0xFF)
-DEFAULT_MAX_ENCODED = 258  # a 256-byte frame encodes to at most 256 + 2 bytes
+# The COBS worst case of a 512-byte frame (protocol.MAX_FRAME): one code byte per 254 plus
+# one, 515 bytes. protocol.MAX_ENCODED is the same number; this module cannot import it.
+DEFAULT_MAX_ENCODED = 512 + 1 + 512 // MAX_BLOCK
 
 # One-byte bytes objects by value, so encoding does not build them per block.
 _CODE = [bytes((value,)) for value in range(256)]
@@ -41,22 +43,45 @@ def decode(data):
     if not size:
         raise CobsError("empty frame")
     if DELIMITER in data:
-        raise CobsError("0x00 inside an encoded frame at offset %d" % data.find(DELIMITER))
+        raise CobsError(f"0x00 inside an encoded frame at offset {data.find(DELIMITER)}")
+    # Fast path: each code byte after the first stands where the decoded data has its zero,
+    # so overwrite those with 0x00 and drop the first byte. Full blocks break this rule.
+    out = bytearray(data)
+    index = 0
+    while True:
+        code = data[index]
+        if code == 0xFF:
+            return _decode_blocks(data)
+        end = index + code
+        if end >= size:
+            break
+        out[end] = 0
+        index = end
+    if end > size:
+        raise CobsError(_past_end(code, index, size))
+    return bytes(out[1:])
+
+
+def _decode_blocks(data):
+    """decode() block by block, for encodings with full (0xFF) blocks."""
+    size = len(data)
     out = []
     index = 0
     while index < size:
         code = data[index]
         end = index + code
         if end > size:
-            raise CobsError(
-                "code byte 0x%02x at offset %d points past the end (%d bytes)" % (code, index, size)
-            )
+            raise CobsError(_past_end(code, index, size))
         out.append(data[index + 1 : end])
         # Every block but a full one and the last one stands for data followed by a zero.
         if code != 0xFF and end < size:
             out.append(DELIMITER)
         index = end
     return b"".join(out)
+
+
+def _past_end(code, index, size):
+    return f"code byte 0x{code:02x} at offset {index} points past the end ({size} bytes)"
 
 
 class FrameSplitter:

@@ -9,9 +9,10 @@ VERSION = 1
 HEADER_SIZE = 5
 CRC_SIZE = 4
 MIN_FRAME = HEADER_SIZE + CRC_SIZE  # 9: a frame with an empty payload
-MAX_FRAME = 256  # decoded bytes: header + payload + CRC
-MAX_PAYLOAD = MAX_FRAME - MIN_FRAME  # 247
-MAX_ENCODED = MAX_FRAME + 1 + MAX_FRAME // 254  # COBS worst case (258); delimiter not counted
+MAX_FRAME = 512  # decoded bytes: header + payload + CRC; a HELLO or info result must fit
+MAX_PAYLOAD = MAX_FRAME - MIN_FRAME  # 503
+MAX_ENCODED = MAX_FRAME + 1 + MAX_FRAME // 254  # COBS worst case (515); delimiter not counted
+MIN_MAX_FRAME = 64  # the smallest receive limit a device may announce in HELLO
 
 # Message types (header byte 1).
 HELLO = 0x01
@@ -73,6 +74,7 @@ RETRANSMIT_TIMEOUT_MS = 500
 ACK_INTERVAL_MS = 20
 ACK_EVERY_FRAMES = 8
 HEARTBEAT_INTERVAL_MS = 5000
+CMD_TIMEOUT_MS = 2000  # the gateway gives up waiting for a RESP after this
 RING_FRAMES = 64
 SEQ_MODULUS = 0x10000
 FRESH_SEQ = 0xFFFF
@@ -160,12 +162,10 @@ class Frame:
         return not self.__eq__(other)
 
     def __repr__(self):
-        return "Frame(%s, seq=%d, flags=0x%02x, payload=%r, version=%d)" % (
-            TYPE_NAMES.get(self.type, "0x%02x" % self.type),
-            self.seq,
-            self.flags,
-            self.payload,
-            self.version,
+        name = TYPE_NAMES.get(self.type) or f"0x{self.type:02x}"
+        return (
+            f"Frame({name}, seq={self.seq}, flags=0x{self.flags:02x}, "
+            f"payload={self.payload!r}, version={self.version})"
         )
 
     def encode(self):
@@ -175,12 +175,10 @@ class Frame:
 def encode_frame(type, seq=0, payload=b"", flags=0, version=VERSION):
     """The frame on the wire: COBS(header | payload | CRC-32 LE) followed by 0x00."""
     if len(payload) > MAX_PAYLOAD:
-        raise ProtocolError(
-            "too_large", "payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD)
-        )
+        raise ProtocolError("too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     for name, value, top in (("type", type, 0xFF), ("flags", flags, 0xFF), ("seq", seq, 0xFFFF)):
         if not 0 <= value <= top:
-            raise ValueError("%s %r is outside 0..%d" % (name, value, top))
+            raise ValueError(f"{name} {value!r} is outside 0..{top}")
     body = struct.pack(_HEADER, version, type, flags, seq) + bytes(payload)
     return cobs.encode(body + struct.pack(_CRC, crc32(body))) + cobs.DELIMITER
 
@@ -188,27 +186,29 @@ def encode_frame(type, seq=0, payload=b"", flags=0, version=VERSION):
 def decode_frame(encoded):
     """The Frame in one encoded frame (without its 0x00); raises ProtocolError."""
     if len(encoded) > MAX_ENCODED:
-        raise ProtocolError("too_large", "encoded frame of %d bytes exceeds %d" % (len(encoded), MAX_ENCODED))
+        raise ProtocolError(
+            "too_large", f"encoded frame of {len(encoded)} bytes exceeds {MAX_ENCODED}"
+        )
     try:
         raw = cobs.decode(encoded)
     except cobs.CobsError as error:
         raise ProtocolError("cobs", str(error)) from None
     size = len(raw)
     if size < MIN_FRAME:
-        raise ProtocolError("truncated", "frame of %d bytes is shorter than %d" % (size, MIN_FRAME))
+        raise ProtocolError("truncated", f"frame of {size} bytes is shorter than {MIN_FRAME}")
     if size > MAX_FRAME:
-        raise ProtocolError("too_large", "frame of %d bytes exceeds %d" % (size, MAX_FRAME))
+        raise ProtocolError("too_large", f"frame of {size} bytes exceeds {MAX_FRAME}")
     body = raw[:-CRC_SIZE]
     sent = struct.unpack(_CRC, raw[-CRC_SIZE:])[0]
     computed = crc32(body)
     if sent != computed:
-        raise ProtocolError("crc", "CRC-32 0x%08x, computed 0x%08x" % (sent, computed))
+        raise ProtocolError("crc", f"CRC-32 0x{sent:08x}, computed 0x{computed:08x}")
     version, type, flags, seq = struct.unpack_from(_HEADER, body, 0)
     frame = Frame(type, seq, flags, body[HEADER_SIZE:], version)
     if version != VERSION:
-        raise ProtocolError("version", "protocol version %d, expected %d" % (version, VERSION), frame)
+        raise ProtocolError("version", f"protocol version {version}, expected {VERSION}", frame)
     if type not in TYPE_NAMES:
-        raise ProtocolError("type", "unknown message type 0x%02x" % type, frame)
+        raise ProtocolError("type", f"unknown message type 0x{type:02x}", frame)
     return frame
 
 
@@ -236,7 +236,7 @@ class FrameDecoder:
             try:
                 if encoded is None:  # the splitter dropped an oversize frame here
                     raise ProtocolError(
-                        "too_large", "more than %d bytes before a 0x00, discarded" % MAX_ENCODED
+                        "too_large", f"more than {MAX_ENCODED} bytes before a 0x00, discarded"
                     )
                 out.append(decode_frame(encoded))
             except ProtocolError as error:
@@ -289,7 +289,7 @@ def dump_json(value):
         parts = []
         for key in sorted(value):
             if not isinstance(key, str):
-                raise ValueError("JSON object key %r is not a string" % (key,))
+                raise ValueError(f"JSON object key {key!r} is not a string")
             parts.append(_json_string(key) + ":" + dump_json(value[key]))
         return "{" + ",".join(parts) + "}"
     if isinstance(value, (list, tuple)):
@@ -300,8 +300,9 @@ def dump_json(value):
 
 
 def _load_json(data, what):
+    text = _text(data, what)
     try:
-        return json.loads(_text(data, what))
+        return json.loads(text)
     except ValueError:
         raise ProtocolError("payload", what + " is not valid JSON") from None
 
@@ -335,10 +336,7 @@ def _is_number(value):
 def _is_text_list(value):
     if not isinstance(value, list):
         return False
-    for item in value:
-        if not isinstance(item, str):
-            return False
-    return True
+    return all([isinstance(item, str) for item in value])
 
 
 # -- HELLO ---------------------------------------------------------------------------------
@@ -356,7 +354,7 @@ def parse_hello(payload):
         raise ProtocolError("payload", "HELLO payload is not a JSON object")
     for key in ("device", "fw", "proto", "boot", "streams"):
         if key not in hello:
-            raise ProtocolError("payload", "HELLO lacks %r" % key)
+            raise ProtocolError("payload", f"HELLO lacks {key!r}")
     device = hello["device"]
     if not isinstance(device, str) or not device:
         raise ProtocolError("payload", "HELLO device must be a non-empty string")
@@ -369,8 +367,10 @@ def parse_hello(payload):
     if not _is_int(boot) or not 0 <= boot <= 0xFFFFFFFF:
         raise ProtocolError("payload", "HELLO boot must be an integer 0..4294967295")
     max_frame = hello.setdefault("max_frame", MAX_FRAME)
-    if not _is_int(max_frame) or not 64 <= max_frame <= MAX_FRAME:
-        raise ProtocolError("payload", "HELLO max_frame must be an integer 64..%d" % MAX_FRAME)
+    if not _is_int(max_frame) or not MIN_MAX_FRAME <= max_frame <= MAX_FRAME:
+        raise ProtocolError(
+            "payload", f"HELLO max_frame must be an integer {MIN_MAX_FRAME}..{MAX_FRAME}"
+        )
     if not _is_text_list(hello.setdefault("caps", [])):
         raise ProtocolError("payload", "HELLO caps must be a list of strings")
     _check_streams(hello["streams"])
@@ -382,14 +382,14 @@ def _check_streams(streams):
         raise ProtocolError("payload", "HELLO streams must be a list of at most 256 streams")
     names = set()
     for index, stream in enumerate(streams):
-        where = "HELLO streams[%d]" % index
+        where = f"HELLO streams[{index}]"
         if not isinstance(stream, dict):
             raise ProtocolError("payload", where + " is not an object")
         name = stream.get("name")
         if not isinstance(name, str) or not name:
             raise ProtocolError("payload", where + " name must be a non-empty string")
         if name in names:
-            raise ProtocolError("payload", where + " repeats the name %r" % name)
+            raise ProtocolError("payload", where + f" repeats the name {name!r}")
         names.add(name)
         fields = stream.get("fields")
         if not _is_text_list(fields) or len(fields) > 255:
@@ -409,15 +409,15 @@ def data_payload(records):
     parts = []
     for stream, dts, values in records:
         if not 0 <= stream <= 255:
-            raise ValueError("stream index %r is outside 0..255" % (stream,))
+            raise ValueError(f"stream index {stream!r} is outside 0..255")
         count = len(values)
         if count > 255:
-            raise ValueError("%d values in one record, at most 255" % count)
+            raise ValueError(f"{count} values in one record, at most 255")
         parts.append(struct.pack(_RECORD, stream, dts & 0xFFFFFFFF, count))
-        parts.append(struct.pack("<%df" % count, *values))
+        parts.append(struct.pack(f"<{count}f", *values))
     payload = b"".join(parts)
     if len(payload) > MAX_PAYLOAD:
-        raise ValueError("DATA payload of %d bytes exceeds %d" % (len(payload), MAX_PAYLOAD))
+        raise ValueError(f"DATA payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return payload
 
 
@@ -436,7 +436,8 @@ def parse_data(payload):
     while offset < size:
         if size - offset < _RECORD_SIZE:
             raise ProtocolError(
-                "payload", "DATA record %d: %d bytes left, a record head needs 6" % (len(records), size - offset)
+                "payload",
+                f"DATA record {len(records)}: {size - offset} bytes left, a record head needs 6",
             )
         stream, dts, count = struct.unpack_from(_RECORD, payload, offset)
         offset += _RECORD_SIZE
@@ -444,7 +445,8 @@ def parse_data(payload):
         if end > size:
             raise ProtocolError(
                 "payload",
-                "DATA record %d: count %d needs %d bytes, %d left" % (len(records), count, 4 * count, size - offset),
+                f"DATA record {len(records)}: count {count} needs {4 * count} bytes, "
+                f"{size - offset} left",
             )
         raw = payload[offset:end]
         records.append((stream, dts, _shortest(raw, count)))
@@ -454,9 +456,9 @@ def parse_data(payload):
 
 def _shortest(raw, count):
     """The float32 values in raw as short decimals that round back to the same float32."""
-    layout = "<%df" % count
+    layout = f"<{count}f"
     exact = struct.unpack(layout, raw)
-    short = [float("%.7g" % value) for value in exact]
+    short = [float(f"{value:.7g}") for value in exact]
     try:
         if struct.pack(layout, *short) == raw:  # the usual case: 7 digits are enough
             return short
@@ -467,8 +469,8 @@ def _shortest(raw, count):
 
 def _shortest_one(value):
     packed = struct.pack("<f", value)
-    for digits in ("%.8g", "%.9g"):
-        candidate = float(digits % value)
+    for text in (f"{value:.7g}", f"{value:.8g}", f"{value:.9g}"):
+        candidate = float(text)
         try:
             if struct.pack("<f", candidate) == packed:
                 return candidate
@@ -478,18 +480,20 @@ def _shortest_one(value):
 
 
 def check_data(records, streams):
-    """Raise ProtocolError("payload") unless every record names a HELLO stream and has its field count."""
+    """Raise ProtocolError("payload") unless each record fits a HELLO stream and its fields."""
     for index, record in enumerate(records):
         stream, count = record[0], len(record[2])
         if stream >= len(streams):
             raise ProtocolError(
-                "payload", "DATA record %d: stream index %d, HELLO has %d streams" % (index, stream, len(streams))
+                "payload",
+                f"DATA record {index}: stream index {stream}, HELLO has {len(streams)} streams",
             )
         fields = len(streams[stream]["fields"])
         if count != fields:
             raise ProtocolError(
                 "payload",
-                "DATA record %d: %d values for stream %r with %d fields" % (index, count, streams[stream]["name"], fields),
+                f"DATA record {index}: {count} values for stream {streams[stream]['name']!r} "
+                f"with {fields} fields",
             )
 
 
@@ -504,7 +508,7 @@ def nack_payload(code, expected=0, reason=""):
 def parse_nack(payload):
     """(code, expected, reason) from a NACK payload; raises ProtocolError."""
     if len(payload) < 3:
-        raise ProtocolError("payload", "NACK of %d bytes, needs at least 3" % len(payload))
+        raise ProtocolError("payload", f"NACK of {len(payload)} bytes, needs at least 3")
     code, expected = struct.unpack_from("<BH", payload, 0)
     return code, expected, _text(payload[3:], "NACK reason")
 
@@ -518,7 +522,7 @@ def cmd_payload(request_id, name, args=None):
 def parse_cmd(payload):
     """(request_id, name, args) from a CMD payload; raises ProtocolError."""
     if len(payload) < 3:
-        raise ProtocolError("payload", "CMD of %d bytes, needs a request id and JSON" % len(payload))
+        raise ProtocolError("payload", f"CMD of {len(payload)} bytes, needs a request id and JSON")
     request_id = struct.unpack_from("<H", payload, 0)[0]
     body = _load_json(payload[2:], "CMD body")
     if not isinstance(body, dict) or not isinstance(body.get("cmd"), str):
@@ -538,7 +542,9 @@ def resp_payload(request_id, status, result=None):
 def parse_resp(payload):
     """(request_id, status, result) from a RESP payload; raises ProtocolError."""
     if len(payload) < 4:
-        raise ProtocolError("payload", "RESP of %d bytes, needs a request id, status and JSON" % len(payload))
+        raise ProtocolError(
+            "payload", f"RESP of {len(payload)} bytes, needs a request id, status and JSON"
+        )
     request_id, status = struct.unpack_from("<HB", payload, 0)
     return request_id, status, _load_json(payload[3:], "RESP result")
 
@@ -551,14 +557,14 @@ def heartbeat_payload(uptime_ms, queued):
 def parse_heartbeat(payload):
     """(uptime_ms, queued) from a HEARTBEAT payload; later versions may append fields."""
     if len(payload) < 6:
-        raise ProtocolError("payload", "HEARTBEAT of %d bytes, needs 6" % len(payload))
+        raise ProtocolError("payload", f"HEARTBEAT of {len(payload)} bytes, needs 6")
     return struct.unpack_from("<IH", payload, 0)
 
 
 def log_payload(level, text):
     """LOG payload: level u8 | UTF-8 text (cut to fit)."""
     if not 0 <= level <= 255:
-        raise ValueError("log level %r is outside 0..255" % (level,))
+        raise ValueError(f"log level {level!r} is outside 0..255")
     return bytes((level,)) + _truncated_utf8(text, MAX_PAYLOAD - 1)
 
 

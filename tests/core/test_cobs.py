@@ -9,7 +9,7 @@ def _raises(function, *args):
         function(*args)
     except cobs.CobsError as error:
         return str(error)
-    raise AssertionError("expected CobsError from %r%r" % (function, args))
+    raise AssertionError(f"expected CobsError from {function!r}{args!r}")
 
 
 def _run(start, stop):
@@ -65,6 +65,8 @@ def test_decode_rejects_a_zero_inside():
 def test_decode_rejects_a_code_byte_pointing_past_the_end():
     assert "past the end" in _raises(cobs.decode, b"\x05\x11\x22")
     assert "offset 2" in _raises(cobs.decode, b"\x02\x11\x03\x01")
+    assert "offset 0" in _raises(cobs.decode, b"\xff" + b"\x01" * 200)  # a full block, cut
+    assert "offset 255" in _raises(cobs.decode, b"\xff" + b"\x01" * 254 + b"\x03\x01")
 
 
 def test_decode_rejects_empty_input():
@@ -122,7 +124,11 @@ def test_splitter_drops_an_oversize_frame_that_arrives_in_pieces_and_resyncs():
 
 def test_splitter_marks_where_an_oversize_frame_was_dropped():
     splitter = cobs.FrameSplitter(max_encoded=4, mark_oversize=True)
-    assert splitter.feed(b"\x02a\x00" + b"\x01" * 6 + b"\x00\x02b\x00") == [b"\x02a", None, b"\x02b"]
+    assert splitter.feed(b"\x02a\x00" + b"\x01" * 6 + b"\x00\x02b\x00") == [
+        b"\x02a",
+        None,
+        b"\x02b",
+    ]
     assert splitter.feed(b"\x01" * 6) == [None]
     assert splitter.feed(b"\x01\x00\x02c\x00") == [b"\x02c"]
     assert splitter.counters["oversize"] == 2

@@ -1,4 +1,4 @@
-"""Write tests/vectors/v1.json: wire protocol v1 test vectors (run: python tests/vectors/generate.py).
+"""Write tests/vectors/v1.json, the wire protocol v1 test vectors: python tests/vectors/generate.py
 
 Every bad vector states the error it must produce; the script checks our codec agrees
 before writing, so a codec change that alters a vector's meaning fails here, loudly.
@@ -26,10 +26,27 @@ HELLO = {
     "fw": "1.0.0",
     "proto": [1],
     "boot": 0x12345678,
-    "max_frame": 256,
+    "max_frame": 512,
     "streams": [{"name": "env", "fields": ["temperature", "humidity"], "rate": 1.0}],
     "caps": ["cmd", "log", "heartbeat"],
 }
+
+# The most values one DATA record can carry in a frame: 6 + 4 * 124 = 502 of 503 bytes.
+LARGEST_RECORD = (p.MAX_PAYLOAD - 6) // 4
+
+# 124 values whose float32 bytes hold no zero (1.1 is cd cc 8c 3f): with the RETRANSMIT
+# flag and a seq and CRC without zeros the whole 511-byte frame is one run, which needs two
+# full COBS blocks (code 0xff) and gives the longest encoding this payload size allows.
+NO_ZERO_VALUES = [1.1] * LARGEST_RECORD
+
+
+def _seq_without_zeros(kind: int, flags: int, payload: bytes) -> int:
+    """The first seq from 0x0101 whose header and CRC contain no 0x00 byte."""
+    for seq in range(0x0101, 0x10000):
+        if b"\x00" not in raw_frame(1, kind, flags, seq, payload):
+            return seq
+    raise AssertionError("no seq without zeros")
+
 
 # (name, type, seq, flags, fields): fields are what the payload parser returns.
 VALID: list[tuple[str, int, int, int, dict[str, Any]]] = [
@@ -57,7 +74,20 @@ VALID: list[tuple[str, int, int, int, dict[str, Any]]] = [
         p.FLAG_RETRANSMIT,
         {"records": [[0, 4294967295, [0.1, -3.0]], [1, 0, [1e-07, 123456.0, 40.2]]]},
     ),
-    ("data-largest", p.DATA, 0x0102, 0, {"records": [[2, 65536, [float(i) for i in range(60)]]]}),
+    (
+        "data-largest",
+        p.DATA,
+        0x0102,
+        0,
+        {"records": [[2, 65536, [float(i) for i in range(LARGEST_RECORD)]]]},
+    ),
+    (
+        "data-no-zero-byte",
+        p.DATA,
+        -1,  # replaced by _seq_without_zeros below
+        p.FLAG_RETRANSMIT,
+        {"records": [[1, 0x01010101, NO_ZERO_VALUES]]},
+    ),
     ("ack", p.ACK, 7, 0, {}),
     ("ack-zero", p.ACK, 0, 0, {}),
     ("ack-fresh", p.ACK, p.FRESH_SEQ, p.FLAG_FRESH, {}),
@@ -112,7 +142,7 @@ VALID: list[tuple[str, int, int, int, dict[str, Any]]] = [
     ("heartbeat", p.HEARTBEAT, 0, 0, {"uptime_ms": 3600000, "queued": 3}),
     ("log", p.LOG, 0, 0, {"level": p.LOG_WARNING, "text": "sensor timeout"}),
     ("log-utf8", p.LOG, 0, 0, {"level": p.LOG_INFO, "text": "température 21.5 °C"}),
-    ("log-largest", p.LOG, 0x1234, 0, {"level": p.LOG_DEBUG, "text": "x" * 246}),
+    ("log-largest", p.LOG, 0x1234, 0, {"level": p.LOG_DEBUG, "text": "x" * (p.MAX_PAYLOAD - 1)}),
 ]
 
 
@@ -149,6 +179,8 @@ def valid_vectors() -> list[dict[str, Any]]:
     vectors = []
     for name, kind, seq, flags, fields in VALID:
         payload = payload_for(kind, fields)
+        if seq < 0:
+            seq = _seq_without_zeros(kind, flags, payload)
         frame = p.encode_frame(kind, seq, payload, flags)
         assert frame == wire(raw_frame(1, kind, flags, seq, payload)), name
         vectors.append(
@@ -172,7 +204,7 @@ def bad_frames(valid: dict[str, bytes]) -> list[dict[str, Any]]:
     wrong_crc = heartbeat[:-1] + bytes([heartbeat[-1] ^ 0x01])
     flipped = bytearray(heartbeat)
     flipped[6] ^= 0x10  # one bit of the uptime
-    # 257 decoded bytes (one too many) with a correct CRC; its zeros keep the encoding short.
+    # 513 decoded bytes (one too many) with a correct CRC; its zeros keep the encoding short.
     too_long = raw_frame(1, p.LOG, 0, 0, b"\x14" + b"\x00" * (p.MAX_PAYLOAD))
     past_end = bytearray(cobs.encode(heartbeat))
     past_end[0] = 0x30  # the first code byte claims 47 data bytes in a 12-byte frame
@@ -181,7 +213,7 @@ def bad_frames(valid: dict[str, bytes]) -> list[dict[str, Any]]:
         ("flipped-bit", wire(bytes(flipped)), ["crc"]),
         ("truncated-8-bytes", wire(heartbeat[:8]), ["truncated"]),
         ("truncated-1-byte", b"\x02\x01\x00", ["truncated"]),
-        ("oversize-encoded", b"\x41" * 300 + b"\x00", ["too_large"]),
+        ("oversize-encoded", b"\x41" * (p.MAX_ENCODED + 1) + b"\x00", ["too_large"]),
         ("oversize-decoded", wire(too_long), ["too_large"]),
         ("unknown-type-9", wire(raw_frame(1, 0x09, 0, 0, b"")), ["type"]),
         ("unknown-type-0", wire(raw_frame(1, 0x00, 0, 0, b"")), ["type"]),
@@ -191,7 +223,7 @@ def bad_frames(valid: dict[str, bytes]) -> list[dict[str, Any]]:
         ("cobs-cut-short", wire(heartbeat)[:-3] + b"\x00", ["cobs"]),
         (
             "garbage-then-good",
-            b"\x00\x00\xff\xfe\x00" + valid["ack"] + b"\x41" * 400 + valid["heartbeat"],
+            b"\x00\x00\xff\xfe\x00" + valid["ack"] + b"\x41" * 600 + valid["heartbeat"],
             ["cobs", "frame:ack", "too_large"],
         ),
         (
@@ -313,8 +345,10 @@ def main() -> None:
     }
     check(document)
     OUTPUT.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}: {len(valid)} valid, "
-          f"{len(document['bad_frames'])} bad frames, {len(document['bad_payloads'])} bad payloads")
+    print(
+        f"wrote {OUTPUT.relative_to(ROOT)}: {len(valid)} valid, "
+        f"{len(document['bad_frames'])} bad frames, {len(document['bad_payloads'])} bad payloads"
+    )
 
 
 if __name__ == "__main__":
