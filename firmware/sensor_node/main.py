@@ -1,0 +1,123 @@
+"""Sensor node entry point: load config.json, open the link, run the node, reboot on request.
+
+On a board this file runs at power-up with no arguments: config.json beside it, USB CDC
+(stdio) unless the config names a UART. On a host (MicroPython unix port or CPython):
+    micropython main.py --config node.json    (MICROPYPATH=.frozen:<repo root>:<this folder>)
+with the link in the config, normally {"type": "fd", "fd": N}: the master end of a pty the
+launcher (host-tools simulate, tests/support/firmware.py) passes down. Exit codes on a host:
+0 stopped (SIGINT or the REPL escape), 1 crashed, 2 bad arguments, 3 link lost for good.
+"""
+
+import sys
+
+import config as node_config
+from link import LinkClosed, make_link
+from node import Node, print_error
+
+from gateway.core import compat
+
+HOST = sys.platform in ("linux", "darwin", "win32", "cygwin")
+EXIT_CODES = {"stopped": 0, "repl": 0, "crashed": 1, "usage": 2, "link_lost": 3}
+
+
+def parse_args(argv):
+    """{"config": path} from ["--config", path]; a board has no arguments at all."""
+    options = {"config": "config.json"}
+    index = 0
+    while index < len(argv):
+        if argv[index] == "--config" and index + 1 < len(argv):
+            options["config"] = argv[index + 1]
+            index += 2
+            continue
+        raise ValueError(f"unknown argument {argv[index]!r} (usage: main.py [--config FILE])")
+    return options
+
+
+def echo(text):
+    print(text, file=sys.stderr)
+
+
+async def open_link(config):
+    link = make_link(config["link"])
+    if config["link"]["type"] == "stdio":
+        # Ctrl-C still works for this long after boot, before the link disables it.
+        await compat.sleep_ms(config["repl_grace_ms"])
+    while True:
+        try:
+            await link.open()
+            break
+        except OSError:
+            if not link.reopens:
+                raise
+            await compat.sleep_ms(200)  # the tty is not there (yet): a cable not plugged in
+    await say_hello_to_the_line(link)
+    return link
+
+
+async def say_hello_to_the_line(link):
+    """A lone 0x00 ends whatever partial frame the gateway holds (docs/protocol.md §2)."""
+    try:
+        await link.write(b"\x00")
+    except LinkClosed:
+        pass  # the node's reader finds out and acts
+
+
+async def run(config_path):
+    """Boot after boot until the link is lost or the REPL is asked for; returns the outcome."""
+    config, errors = node_config.load(config_path)
+    link = await open_link(config)
+    try:
+        while True:
+            try:
+                node = Node(config, link, config_path, echo if HOST else None, errors)
+            except node_config.ConfigError as error:
+                config, errors = node_config.fallback(config), error.errors
+                continue
+            outcome = await node.run()
+            if outcome != "reboot":
+                return outcome
+            if not HOST:
+                import machine
+
+                machine.reset()
+            # On a host a reboot is simulated: a fresh Node (new boot id, seq 0, uptime 0,
+            # empty ring) on the same link, with the config read again from its file.
+            config, errors = node_config.load(config_path)
+    finally:
+        link.close()
+
+
+def main(argv=None):
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+    except ValueError as error:
+        echo(str(error))
+        return exit_with("usage")
+    try:
+        outcome = compat.run(run(options["config"]))
+    except KeyboardInterrupt:
+        outcome = "stopped"
+    except Exception as error:  # noqa: BLE001 - a board must come back, a host must say why
+        print_error(error)
+        if not HOST:
+            import time
+
+            import machine
+
+            time.sleep(1)
+            machine.reset()
+        outcome = "crashed"
+    if outcome == "repl" and not HOST:
+        return None  # leaving main.py starts the REPL
+    return exit_with(outcome)
+
+
+def exit_with(outcome):
+    if HOST:
+        if outcome != "stopped":
+            echo("sensor node: " + outcome)
+        sys.exit(EXIT_CODES[outcome])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The bounded RAM ring of unacknowledged DATA payloads and its go-back-N send cursor."""
+
+from gateway.core.protocol import seq_add, seq_diff
+
+
+class Ring:
+    """DATA payloads in seq order, oldest first; payload i has seq first_seq + i.
+
+    cursor is the index of the next payload to put on the wire; sent counts the payloads
+    (from the oldest) that went out at least once, so a second sending carries RETRANSMIT.
+    generation changes whenever the cursor is moved back (rewind, renumber), which tells a
+    sender that finished a write meanwhile not to move the cursor past the rewound point;
+    epoch changes when the payloads are numbered afresh (a new session).
+    """
+
+    def __init__(self, capacity, first_seq=0):
+        self.capacity = capacity
+        self.payloads = []
+        self.first_seq = first_seq
+        self.cursor = 0
+        self.sent = 0
+        self.generation = 0
+        self.epoch = 0
+        self.dropped = 0  # payloads evicted unacknowledged (policy "drop_oldest")
+        self.dropped_in_session = 0
+
+    def __len__(self):
+        return len(self.payloads)
+
+    def full(self):
+        return len(self.payloads) >= self.capacity
+
+    def next_seq(self):
+        return seq_add(self.first_seq, len(self.payloads))
+
+    def last_seq(self):
+        """The newest payload's seq (first_seq - 1 when empty)."""
+        return seq_add(self.first_seq, len(self.payloads) - 1)
+
+    def index_of(self, seq):
+        """Position of seq relative to the oldest payload (negative: older than any held)."""
+        return seq_diff(seq, self.first_seq)
+
+    def push(self, payload):
+        """Append a payload; returns its seq. The caller makes room first (full() is False)."""
+        if self.full():
+            raise OverflowError("ring full")
+        seq = self.next_seq()
+        self.payloads.append(payload)
+        return seq
+
+    def drop_oldest(self):
+        """Evict the oldest payload unacknowledged (counted)."""
+        self._remove(1)
+        self.dropped += 1
+        self.dropped_in_session += 1
+
+    def ack(self, seq):
+        """Release every payload up to and including seq; returns how many were released."""
+        count = self.index_of(seq) + 1
+        if count <= 0:
+            return 0
+        count = min(count, len(self.payloads))
+        self._remove(count)
+        return count
+
+    def _remove(self, count):
+        del self.payloads[:count]
+        self.first_seq = seq_add(self.first_seq, count)
+        self.cursor = max(0, self.cursor - count)
+        self.sent = max(0, self.sent - count)
+
+    def rewind(self):
+        """Go back N: the next payload to send is the oldest."""
+        self.cursor = 0
+        self.generation += 1
+
+    def renumber(self, first_seq=0):
+        """A new session: the same payloads, numbered afresh, none of them sent yet."""
+        self.first_seq = first_seq
+        self.cursor = 0
+        self.sent = 0
+        self.dropped_in_session = 0
+        self.generation += 1
+        self.epoch += 1
+
+    def next_unsent(self):
+        """(seq, payload, is_retransmit) at the cursor, or None when all went out."""
+        if self.cursor >= len(self.payloads):
+            return None
+        index = self.cursor
+        return seq_add(self.first_seq, index), self.payloads[index], index < self.sent
+
+    def position(self):
+        """What a sender notes before a write and hands back to mark_sent()."""
+        return self.generation, self.epoch
+
+    def mark_sent(self, seq, position):
+        """The payload with seq is on the wire; advance the cursor unless rewound meanwhile."""
+        generation, epoch = position
+        if epoch != self.epoch:
+            return  # renumbered: that seq belonged to the previous session
+        index = self.index_of(seq)
+        if index < 0 or index >= len(self.payloads):
+            return  # acknowledged (or evicted) while it was being written
+        self.sent = max(self.sent, index + 1)
+        if generation == self.generation:
+            self.cursor = index + 1
