@@ -65,6 +65,7 @@ def test_hello_describes_the_node_and_repeats_until_acknowledged(launch):
     assert hello["device"] == "node-1"
     assert hello["proto"] == [1] and isinstance(hello["fw"], str) and hello["fw"]
     assert 0 <= hello["boot"] <= 0xFFFFFFFF
+    assert hello["oldest"] == 0  # nothing held yet: seq 0 comes first
     assert hello["max_frame"] == protocol.MAX_FRAME
     assert hello["streams"] == [{"name": "synthetic", "fields": ["n", "value"], "rate": 20.0}]
     assert {"cmd", "log", "heartbeat"} <= set(hello["caps"])
@@ -176,7 +177,7 @@ def test_ring_policy_drop_oldest_keeps_the_newest_and_starts_a_new_session(launc
     # The gateway still wants frame 0, which is gone: the node starts a new session.
     peer.nack(protocol.NACK_OUT_OF_ORDER, 0, "gap")
     hello = protocol.parse_hello(peer.expect(protocol.HELLO).payload)
-    assert hello["boot"] != old_boot
+    assert hello["boot"] != old_boot and hello["oldest"] == 0  # the kept frames renumbered
     peer.ack_fresh()
     assert expect_data(peer).seq == 0
     status, result = peer.call("info", {"section": "counters"})
@@ -192,10 +193,28 @@ def test_need_hello_brings_the_hello_again_and_data_resumes_after_the_acked_seq(
     peer.ack(3)
     peer.nack(protocol.NACK_NEED_HELLO)
     hello = protocol.parse_hello(peer.expect(protocol.HELLO).payload)
-    assert hello["boot"] == boot
+    assert hello["boot"] == boot and hello["oldest"] == 4  # all up to 3 acknowledged
     peer.drain()
     peer.ack(3)  # a gateway that knows this boot answers with the last seq it accepted
     assert expect_data(peer).seq == 4
+
+
+def test_a_hello_after_need_hello_names_the_oldest_unacknowledged_frame(launch):
+    node, peer = launch(rate=50.0, retransmit_ms=5000)  # the timer cannot be what resends
+    boot = peer.handshake()["boot"]
+    first = [expect_data(peer) for _ in range(4)]
+    assert [frame.seq for frame in first] == [0, 1, 2, 3]
+    peer.ack(1)  # 2 and 3 stay unacknowledged
+    peer.nack(protocol.NACK_NEED_HELLO)
+    hello = protocol.parse_hello(peer.expect(protocol.HELLO).payload)
+    assert hello["boot"] == boot and hello["oldest"] == 2
+    peer.drain()
+    # A gateway that restarted knows nothing of this boot: it answers FRESH and expects
+    # exactly the oldest the HELLO named, which comes first, resent.
+    peer.ack_fresh()
+    resent = expect_data(peer, timeout=1.0)
+    assert (resent.seq, resent.flags) == (2, protocol.FLAG_RETRANSMIT)
+    assert resent.payload == first[2].payload
 
 
 # -- commands ----------------------------------------------------------------------------------

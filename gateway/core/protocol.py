@@ -352,7 +352,7 @@ def parse_hello(payload):
     hello = _load_json(payload, "HELLO payload")
     if not isinstance(hello, dict):
         raise ProtocolError("payload", "HELLO payload is not a JSON object")
-    for key in ("device", "fw", "proto", "boot", "streams"):
+    for key in ("device", "fw", "proto", "boot", "oldest", "streams"):
         if key not in hello:
             raise ProtocolError("payload", f"HELLO lacks {key!r}")
     device = hello["device"]
@@ -366,6 +366,10 @@ def parse_hello(payload):
     boot = hello["boot"]
     if not _is_int(boot) or not 0 <= boot <= 0xFFFFFFFF:
         raise ProtocolError("payload", "HELLO boot must be an integer 0..4294967295")
+    # Required: without it a lost first DATA frame after a FRESH HELLO-ACK goes unnoticed.
+    oldest = hello["oldest"]
+    if not _is_int(oldest) or not 0 <= oldest <= 0xFFFF:
+        raise ProtocolError("payload", "HELLO oldest must be an integer 0..65535")
     max_frame = hello.setdefault("max_frame", MAX_FRAME)
     if not _is_int(max_frame) or not MIN_MAX_FRAME <= max_frame <= MAX_FRAME:
         raise ProtocolError(

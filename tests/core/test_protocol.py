@@ -39,6 +39,7 @@ HELLO = {
     "fw": "1.0.0",
     "proto": [1],
     "boot": 305419896,
+    "oldest": 0,
     "max_frame": 512,
     "streams": [{"name": "env", "fields": ["temperature", "humidity"], "rate": 1.0}],
     "caps": ["cmd", "log", "heartbeat"],
@@ -241,6 +242,7 @@ def test_hello_round_trips_and_fills_defaults():
         "fw": "0",
         "proto": [1],
         "boot": 0,
+        "oldest": 0,
         "streams": [{"name": "s", "fields": []}],
     }
     parsed = p.parse_hello(p.hello_payload(minimal))
@@ -250,6 +252,10 @@ def test_hello_round_trips_and_fills_defaults():
         hello = dict(HELLO)
         hello["max_frame"] = limit
         assert p.parse_hello(p.hello_payload(hello))["max_frame"] == limit
+    for oldest in (0, 65535):  # the whole seq range: the oldest frame may sit anywhere
+        hello = dict(HELLO)
+        hello["oldest"] = oldest
+        assert p.parse_hello(p.hello_payload(hello))["oldest"] == oldest
 
 
 def test_a_realistic_hello_fits_one_frame():
@@ -260,8 +266,8 @@ def test_a_realistic_hello_fits_one_frame():
         {"name": "env", "fields": ["temperature", "humidity", "pressure"], "rate": 1.0},
         {"name": "power", "fields": ["voltage", "current"], "rate": 1.0},
     ]
-    assert len(p.hello_payload(HELLO)) == 185
-    assert 247 < len(p.hello_payload(two)) == 255 <= p.MAX_PAYLOAD
+    assert len(p.hello_payload(HELLO)) == 196
+    assert 247 < len(p.hello_payload(two)) == 266 <= p.MAX_PAYLOAD
     three = dict(two)
     three["streams"] = two["streams"] + [
         {"name": "air", "fields": ["co2", "tvoc", "pm2_5", "pm10"], "rate": 0.2}
@@ -283,6 +289,8 @@ def test_hello_errors_say_what_is_wrong():
     assert "boot" in reason(boot=-1)
     assert "boot" in reason(boot=2**32)
     assert "boot" in reason(boot=True)
+    for oldest in (-1, 65536, True, "0", 1.0, None):
+        assert reason(oldest=oldest) == "HELLO oldest must be an integer 0..65535", oldest
     assert "max_frame" in reason(max_frame=513)
     assert "max_frame" in reason(max_frame=63)
     assert "caps" in reason(caps="cmd")
@@ -293,6 +301,9 @@ def test_hello_errors_say_what_is_wrong():
     assert "rate" in reason(streams=[{"name": "a", "fields": [], "rate": -1}])
     assert "repeats" in reason(streams=[{"name": "a", "fields": []}, {"name": "a", "fields": []}])
     assert "lacks 'boot'" in _error(p.parse_hello, b'{"device":"d","fw":"","proto":[1]}').reason
+    without_oldest = dict(HELLO)
+    del without_oldest["oldest"]
+    assert _error(p.parse_hello, p.hello_payload(without_oldest)).reason == "HELLO lacks 'oldest'"
     assert "JSON" in _error(p.parse_hello, b"{").reason
     assert "UTF-8" in _error(p.parse_hello, b'{"device":"\xff"}').reason
     assert "object" in _error(p.parse_hello, b"[]").reason

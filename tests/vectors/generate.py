@@ -26,6 +26,7 @@ HELLO = {
     "fw": "1.0.0",
     "proto": [1],
     "boot": 0x12345678,
+    "oldest": 0,  # just booted: no DATA held, seq 0 comes next
     "max_frame": 512,
     "streams": [{"name": "env", "fields": ["temperature", "humidity"], "rate": 1.0}],
     "caps": ["cmd", "log", "heartbeat"],
@@ -61,6 +62,7 @@ VALID: list[tuple[str, int, int, int, dict[str, Any]]] = [
             "fw": "",
             "proto": [1, 2],
             "boot": 0,
+            "oldest": 65535,  # holding a frame numbered just before the wrap
             "max_frame": 128,
             "streams": [],
             "caps": [],
@@ -259,6 +261,8 @@ def bad_payloads() -> list[dict[str, Any]]:
         ("hello-not-utf8", p.HELLO, hello.replace(b"bench-1", b"bench\xff1")),
         ("hello-missing-device", p.HELLO, hello.replace(b'"device"', b'"divice"')),
         ("hello-boot-not-integer", p.HELLO, hello.replace(b"305419896", b'"305419896"')),
+        ("hello-missing-oldest", p.HELLO, hello.replace(b'"oldest"', b'"eldest"')),
+        ("hello-oldest-out-of-range", p.HELLO, hello.replace(b'"oldest":0', b'"oldest":65536')),
         ("hello-duplicate-stream", p.HELLO, _hello_with_streams(2)),
         ("nack-short", p.NACK, b"\x04\x2a"),
         ("cmd-not-json", p.CMD, b"\x01\x00ping"),
