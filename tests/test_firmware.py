@@ -80,6 +80,17 @@ def test_hello_describes_the_node_and_repeats_until_acknowledged(launch):
     assert expect_data(peer).seq == 0
 
 
+def test_a_stale_ack_from_before_a_reboot_does_not_answer_the_hello(launch):
+    node, peer = launch(rate=20.0)
+    hello = protocol.parse_hello(peer.expect(protocol.HELLO).payload)
+    peer.ack(410)  # meant for the previous boot: this boot has sent no DATA yet
+    again = peer.expect(protocol.HELLO, timeout=1.0)
+    assert protocol.parse_hello(again.payload)["boot"] == hello["boot"]
+    assert not [f for f in peer.skipped if getattr(f, "type", None) == protocol.DATA]
+    peer.ack_fresh()
+    assert expect_data(peer).seq == 0
+
+
 def test_every_boot_has_its_own_random_id(launch):
     boots = set()
     for _ in range(2):

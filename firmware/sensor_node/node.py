@@ -460,6 +460,11 @@ class Node:
     async def _on_ack(self, frame):
         fresh = frame.flags & protocol.FLAG_FRESH
         if not self.hello_acked:
+            if not fresh and self.ring.index_of(frame.seq) >= len(self.ring):
+                # An ACK of a frame this boot never sent is stale (sent to the boot before a
+                # reboot): taking it as the HELLO-ACK would stop the HELLO from repeating.
+                self.counters["unexpected"] += 1
+                return
             self.hello_acked = True
             if not fresh and not await self._apply_ack(frame.seq, True):
                 return
