@@ -13,6 +13,7 @@ import aioserial
 import serial
 
 from gateway.sources import ports
+from gateway.sources.commands import CommandError
 from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.sources")
@@ -52,8 +53,8 @@ class FrameHandler(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     async def command(
-        self, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
-    ) -> dict[str, Any]: ...
+        self, name: str, args: dict[str, Any] | None = None, timeout: float = 2.0
+    ) -> Any: ...
 
 
 class LineFramer:
@@ -201,12 +202,12 @@ class SerialSource:
         return stats
 
     async def command(
-        self, name: str, args: dict[str, Any] | None = None, timeout: float = 5.0
-    ) -> dict[str, Any]:
-        """Run a device command (framing "cobs"); see cobs_link.CobsHandler.command."""
-        if self.handler is None:
-            from gateway.sources.commands import CommandError
+        self, name: str, args: dict[str, Any] | None = None, timeout: float = 2.0
+    ) -> Any:
+        """Run a device command (framing "cobs"); see cobs_link.CobsHandler.command.
 
+        The default timeout is the protocol's CMD_TIMEOUT_MS."""
+        if self.handler is None:
             raise CommandError(f"source {self.name}: a line device takes no commands")
         return await self.handler.command(name, args, timeout)
 
