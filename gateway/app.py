@@ -16,6 +16,7 @@ from gateway.sinks.base import Sink
 from gateway.sources.cobs_link import CobsHandler, CobsLink
 from gateway.sources.serial import SerialSource
 from gateway.sources.simulator import SimulatedDevice
+from gateway.store.queues import BufferStore, strongest
 from gateway.store.sequences import SequenceStore
 
 log = logging.getLogger("gateway.app")
@@ -37,9 +38,14 @@ class Gateway:
         self.simulated: list[SimulatedDevice] = []
         self.sources: list[SerialSource] = []
         self.ingests: list[Ingest] = []
+        self._policies: dict[str, str] = {}  # sink → strongest buffer policy routed to it
+        # framing "cobs": per device id its boot and last accepted seq, shared by all ports
+        self.device_sessions: dict[str, list] = {}
         for source in config["sources"]:
             if source.get("enabled", True):
                 self._add_source(source)
+        self.buffers = _buffer_store(config["gateway"])
+        self.buffers.attach(self.sinks, self._policies)
         self.api.add_http("GET", "/api/v1/health", self._health_response)
         self._tasks: list[asyncio.Task] = []
 
@@ -50,13 +56,16 @@ class Gateway:
             log.warning(
                 "source %s: preset %s routes to no configured sink", source["name"], preset["name"]
             )
+        for sink, _route in routes:
+            policies = (self._policies.get(sink.name, "none"), preset["buffer"])
+            self._policies[sink.name] = strongest(policies)
         ingest = Ingest(_ingest_options(source), preset, routes, self.gateway_id, self.sequences)
         if source.get("simulate"):
             device = SimulatedDevice(source["simulate"]["profile"], source["simulate"]["rate"])
             self.simulated.append(device)
             source = {**source, "port": device.path}
         self.ingests.append(ingest)
-        self.sources.append(_serial_source(source, ingest))
+        self.sources.append(_serial_source(source, ingest, self.device_sessions))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order: sources, pipelines, sinks."""
@@ -94,6 +103,7 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.buffers.close()
         self.sequences.close()
         await self.api.stop()
         log.info("gateway %s stopped: %s", self.gateway_id, json.dumps(self.stats()["totals"]))
@@ -108,7 +118,13 @@ class Gateway:
             "parse_errors": sum(ingest.counters["parse_errors"] for ingest in self.ingests),
             "delivered": {name: sink.counters["delivered"] for name, sink in self.sinks.items()},
         }
-        return {"gateway": self.gateway_id, "sources": sources, "sinks": sinks, "totals": totals}
+        return {
+            "gateway": self.gateway_id,
+            "sources": sources,
+            "sinks": sinks,
+            "store": self.buffers.stats(),
+            "totals": totals,
+        }
 
     def health(self) -> dict[str, Any]:
         components = {f"source:{source.name}": source.state for source in self.sources}
@@ -119,11 +135,23 @@ class Gateway:
             }
         )
         ready = all(state in ("connected",) for state in components.values())
-        return {"status": "ok", "ready": ready, "components": components}
+        store = self.buffers.health()
+        if store is not None:  # the disk buffer degrades durability, not readiness
+            components["store"] = store
+        status = "degraded" if store and store != "ok" else "ok"
+        return {"status": status, "ready": ready, "components": components}
 
     def _health_response(self, request: Any) -> tuple[int, dict[str, str], bytes]:
         body = json.dumps({**self.health(), "stats": self.stats()}).encode()
         return 200, {"Content-Type": "application/json"}, body
+
+
+def _buffer_store(gateway: dict[str, Any]) -> BufferStore:
+    return BufferStore(
+        gateway["data_dir"],
+        fsync=gateway.get("fsync", "always"),
+        commit_interval=gateway.get("commit_interval", 0.05),
+    )
 
 
 # -- framing = "cobs": our wire protocol ----------------------------------------------------
@@ -137,8 +165,11 @@ def _ingest_options(source: dict[str, Any]) -> dict[str, Any]:
     return source
 
 
-def _serial_source(source: dict[str, Any], ingest: Ingest) -> SerialSource:
+def _serial_source(
+    source: dict[str, Any], ingest: Ingest, sessions: dict[str, list]
+) -> SerialSource:
     if source.get("framing") != "cobs":
         return SerialSource(source, ingest.on_line)
-    handler = CobsHandler(CobsLink(source["name"]), ingest.on_data, ingest.settle)
+    link = CobsLink(source["name"], memory=sessions, accepting=ingest.accepting)
+    handler = CobsHandler(link, ingest.on_data, ingest.settle)
     return SerialSource(source, ingest.on_line, handler=handler)

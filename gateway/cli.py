@@ -1,6 +1,7 @@
-"""The `gateway` command: run, check, presets, demo.
+"""The `gateway` command: run, check, presets, buffer, demo.
 
-Exit codes: 0 success; 1 runtime failure; 2 invalid configuration or usage.
+Exit codes: 0 success; 1 runtime failure; 2 invalid configuration or usage; 3 a question
+answered "no" (`gateway buffer purge`), nothing changed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.config import ConfigError, check_file, load, loads, presets
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_INVALID = 2
+EXIT_DECLINED = 3
 
 log = logging.getLogger("gateway.cli")
 
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("presets", help="list built-in presets, or print one as TOML")
     listing.add_argument("name", nargs="?")
 
+    _add_buffer_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="simulated devices on ptys through the real serial path"
     )
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": command_run,
         "check": command_check,
         "presets": command_presets,
+        "buffer": command_buffer,
         "demo": command_demo,
     }
     try:
@@ -183,12 +188,16 @@ def run_gateway(config: dict[str, Any], seconds: float = 0, report_every: float 
 
 async def _run(config: dict[str, Any], seconds: float, report_every: float) -> int:
     from gateway.app import Gateway
+    from gateway.store.buffer import StoreLocked
 
     try:
         gateway = Gateway(config)
     except ValueError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
+    except StoreLocked as error:
+        print(f"{error}; stop it, or give this gateway its own gateway.data_dir", file=sys.stderr)
+        return EXIT_RUNTIME
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -204,6 +213,139 @@ async def _run(config: dict[str, Any], seconds: float, report_every: float) -> i
         reporter.cancel()
     print(json.dumps(gateway.stats()["totals"]))
     return EXIT_OK
+
+
+# -- gateway buffer -------------------------------------------------------------------------
+
+
+def _add_buffer_parser(commands: Any) -> None:
+    buffer = commands.add_parser(
+        "buffer",
+        help="look into or empty the sinks' disk buffers (works while the gateway is stopped)",
+        description="Exit codes: 0 done; 1 the buffer cannot be read, or purge while the "
+        "gateway runs; 2 invalid config or unknown sink; 3 purge answered no.",
+    )
+    buffer.add_argument("-c", "--config", default="gateway.toml")
+    actions = buffer.add_subparsers(dest="action", required=True)
+    stats = actions.add_parser("stats", help="depth, bytes, oldest age and drops per sink")
+    stats.add_argument("sink", nargs="?")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    inspect = actions.add_parser("inspect", help="print the next readings as JSON lines")
+    inspect.add_argument("sink")
+    inspect.add_argument("--limit", type=int, default=10, help="how many (default 10)")
+    purge = actions.add_parser("purge", help="delete every buffered reading of a sink")
+    purge.add_argument("sink")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+
+
+def command_buffer(arguments: argparse.Namespace) -> int:
+    from gateway.store.buffer import DATABASE_NAME, BufferDatabase, StoreError, StoreLocked
+
+    try:
+        config = load(arguments.config)
+    except ConfigError as error:
+        for line in error.errors:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    path = os.path.join(config["gateway"]["data_dir"], DATABASE_NAME)
+    configured = list(config["sinks"])
+    if not os.path.exists(path):
+        if arguments.sink and arguments.sink not in configured:
+            return _unknown_sink(arguments.sink, configured, [])
+        print(f"no buffer at {path}: nothing is buffered")
+        return EXIT_OK
+    purging = arguments.action == "purge"
+    try:
+        # Reading works beside a running gateway (WAL); purging needs the gateway's lock.
+        db = BufferDatabase(path, readonly=not purging, lock=purging)
+    except StoreLocked as error:
+        print(f"{error}; stop the gateway before purging its buffer", file=sys.stderr)
+        return EXIT_RUNTIME
+    except StoreError as error:
+        print(error, file=sys.stderr)
+        return EXIT_RUNTIME
+    try:
+        buffered = db.sinks()
+        if arguments.sink and arguments.sink not in configured + buffered:
+            return _unknown_sink(arguments.sink, configured, buffered)
+        if arguments.action == "stats":
+            return _buffer_stats(db, arguments, configured, buffered)
+        if arguments.action == "inspect":
+            return _buffer_inspect(db, arguments.sink, arguments.limit)
+        return _buffer_purge(db, arguments.sink, arguments.yes)
+    except StoreError as error:
+        print(f"{path}: {error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    finally:
+        db.close()
+
+
+def _unknown_sink(sink: str, configured: list[str], buffered: list[str]) -> int:
+    known = ", ".join(dict.fromkeys(configured + buffered)) or "none"
+    print(f"unknown sink {sink!r}; known sinks: {known}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _buffer_stats(db: Any, arguments: argparse.Namespace, configured, buffered) -> int:
+    names = [arguments.sink] if arguments.sink else list(dict.fromkeys(configured + buffered))
+    stats = {name: db.buffer(name).stats() for name in names}
+    if arguments.json:
+        print(json.dumps(stats))
+        return EXIT_OK
+    print(f"{'sink':16} {'readings':>10} {'bytes':>10} {'oldest':>8}  drops")
+    for name, entry in stats.items():
+        drops = " ".join(f"{reason}={count}" for reason, count in entry["drops"].items() if count)
+        print(
+            f"{name:16} {entry['depth']:>10} {_size(entry['bytes']):>10} "
+            f"{_age(entry['oldest_age']):>8}  {drops or '-'}"
+        )
+    return EXIT_OK
+
+
+def _buffer_inspect(db: Any, sink: str, limit: int) -> int:
+    for _row_id, (reading, _route) in db.buffer(sink).peek(max(0, limit)):
+        print(json.dumps(reading))
+    return EXIT_OK
+
+
+def _buffer_purge(db: Any, sink: str, yes: bool) -> int:
+    buffer = db.buffer(sink)
+    count = buffer.depth
+    if not count:
+        print(f"{sink}: nothing buffered")
+        return EXIT_OK
+    if not yes:
+        try:
+            answer = input(f"purge {count} readings from {sink}? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing purged")
+            return EXIT_DECLINED
+    purged = buffer.purge()
+    db.commit()
+    print(f"{sink}: purged {purged} readings")
+    return EXIT_OK
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return str(count)
+
+
+def _age(seconds: float) -> str:
+    if not seconds:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    return f"{int(seconds // 86400)}d{int(seconds % 86400 // 3600):02d}h"
 
 
 async def _report(gateway: Any, every: float) -> None:

@@ -56,6 +56,9 @@ class Ingest:
         self.sequences = sequences
         self.counters: Counter = Counter()
         self._problems = ThrottledLog(log)
+        # Each routed sink once, for settle(); a refusal by a "block" sink since the last one.
+        self._sinks = list({id(sink): sink for sink, _route in routes}.values())
+        self._refused = False
 
     def on_line(self, text: str, ts: float) -> None:
         """A line from a line-framed source: parse it, then on to on_data."""
@@ -99,12 +102,27 @@ class Ingest:
             return
         self._emit(readings)
 
-    async def settle(self) -> None:
+    async def settle(self) -> bool:
         """Return once every reading offered so far is as safe as its sinks' policy makes it.
 
-        A device acknowledgement is sent only after this returns, so a reading acknowledged
-        to a device is never lost. Until the durable store exists, queued in memory is all.
+        A device acknowledgement is sent only after this returns True, so a reading
+        acknowledged to a device is never lost: write-ahead sinks have committed it to disk
+        (spill and none promise nothing more than memory, so they return at once). False
+        means something since the previous settle() is not safe: a "block" sink refused a
+        reading, or the disk store failed and readings wait in memory. Then do not
+        acknowledge; the device keeps its ring and sends again (consumers may see
+        duplicates, never gaps).
         """
+        refused, self._refused = self._refused, False
+        safe = True
+        for sink in self._sinks:
+            if not await sink.settled():
+                safe = False
+        return safe and not refused
+
+    def accepting(self) -> bool:
+        """False while a "block" sink this source routes to is full (stop reading devices)."""
+        return all(sink.accepting for sink in self._sinks)
 
     def flush(self) -> None:
         """Emit what stateful steps (windows) still hold; called at shutdown."""
@@ -115,4 +133,6 @@ class Ingest:
             reading["seq"] = self.sequences.next(reading["device"], reading["stream"])
             self.counters["readings"] += 1
             for sink, route in self.routes:
-                sink.offer(reading, route)
+                if not sink.offer(reading, route) and sink.overflow == "block":
+                    self.counters["refused"] += 1
+                    self._refused = True

@@ -33,7 +33,8 @@ class ConfigError(Exception):
 MISSING: Any = object()
 
 TOP_KEYS = ("gateway", "api", "sources", "presets", "sinks")
-GATEWAY_KEYS = ("id", "data_dir")
+GATEWAY_KEYS = ("id", "data_dir", "fsync", "commit_interval")
+FSYNC_CHOICES = ("always", "batch", "off")
 API_KEYS = ("listen", "tokens")
 PLACEHOLDERS = ("gateway", "device", "stream")
 DEFAULT_TOPIC = "gw/{gateway}/{device}/{stream}"
@@ -57,7 +58,16 @@ SLOW_CONSUMER_POLICIES = ("drop_oldest", "disconnect")
 BUFFER_POLICIES = ("write_ahead", "spill", "none")
 MAX_UDP_PAYLOAD = 65507
 
-COMMON_SINK_KEYS = ("type", "enabled", "buffer", "breaker", "retry", "queue_size", "max_batch")
+COMMON_SINK_KEYS = (
+    "type",
+    "enabled",
+    "buffer",
+    "breaker",
+    "retry",
+    "queue_size",
+    "max_batch",
+    "send_timeout",
+)
 LIVE_SINK_KEYS = ("topic", "queue", "slow_consumer", "path", "batch")
 SINK_KEYS = {
     "mqtt": (
@@ -597,10 +607,16 @@ def default_gateway_id() -> str:
 
 
 def _gateway(section: Section) -> dict[str, Any]:
-    return {
+    gateway = {
         "id": section.get("id", name, default_gateway_id()),
         "data_dir": section.get("data_dir", text("a directory path"), "./var"),
     }
+    # Buffer store tuning: present only when given (the store's defaults: "always", 50 ms).
+    if section.has("fsync"):
+        gateway["fsync"] = section.get("fsync", choice(FSYNC_CHOICES), "always")
+    if section.has("commit_interval"):
+        gateway["commit_interval"] = section.get("commit_interval", duration(), 0.05)
+    return gateway
 
 
 def _api(section: Section) -> dict[str, Any]:
@@ -795,6 +811,8 @@ def sink_options(report: Report, path: str, raw: Any, gateway: Mapping[str, Any]
         "queue_size": section.get("queue_size", POSITIVE_INT, 100_000),
         "max_batch": section.get("max_batch", POSITIVE_INT, 500),
     }
+    if section.has("send_timeout"):  # present only when given (the sink's default: 10 s)
+        options["send_timeout"] = section.get("send_timeout", duration(positive=True), 10.0)
     if known:
         options.update(_SINK_TYPE_OPTIONS[sink_type](section, gateway))
     return options

@@ -1,12 +1,17 @@
-"""Sink base: a bounded queue per sink drained by its own task, so no sink stalls another."""
+"""Sink base: a queue per sink drained by its own task, with a circuit breaker and backoff."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import logging
-import random
+import time
 from typing import Any
+
+from gateway.core.backoff import Backoff
+from gateway.core.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from gateway.store.queues import MemoryQueue
+from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.sinks")
 
@@ -14,6 +19,10 @@ log = logging.getLogger("gateway.sinks")
 # options for this sink: {"topic": str template, "qos": int, "retain": bool,
 # "encoding": "json"|"msgpack"|"cbor", "batch": {"max_readings": int, "max_delay": float} | None}.
 Item = tuple
+
+DEFAULT_SEND_TIMEOUT = 10.0
+STOP_TIMEOUT = 2.0  # how long stop() waits for the sender task to hand its batch back
+REOPEN_LOG_INTERVAL = 300.0  # a long outage is reported this often, not at every probe
 
 
 class SinkError(Exception):
@@ -23,11 +32,16 @@ class SinkError(Exception):
 class Sink:
     """A destination for readings.
 
-    Subclasses implement open(), send() and close(). The base owns the queue, batching and
-    reconnection with capped exponential backoff (full jitter). send(items) returns only once
-    every item is confirmed by this sink's own definition (MQTT QoS 1: PUBACK; UDP: datagram
-    sent; WebSocket: handed to every client queue) and raises SinkError otherwise, so the
-    durable buffer can later acknowledge exactly what send() returned for.
+    Subclasses implement open(), send() and close(). The base owns the queue (memory,
+    spill or write-ahead: see gateway.store.queues; the app hands it over with
+    use_queue()), batching, a circuit breaker and retries with capped exponential backoff
+    (full jitter). send(items) returns only once every item is confirmed by this sink's own
+    definition (MQTT QoS 1: PUBACK; UDP: datagram sent; WebSocket: handed to every client
+    queue) and raises SinkError otherwise; the queue then keeps the batch, in front.
+
+    Every open() and send() is bounded by `send_timeout`: a far side that accepts the
+    connection but never answers counts as a failure, so the breaker opens. Each sink has
+    its own task, so a dead or slow sink never holds up another one.
     """
 
     kind = "base"
@@ -38,76 +52,126 @@ class Sink:
         self.gateway_id = gateway_id
         self.capacity = int(options.get("queue_size", 100_000))
         self.max_batch = int(options.get("max_batch", 500))
+        self.overflow = (options.get("buffer") or {}).get("overflow", "drop_oldest")
+        self.send_timeout = float(options.get("send_timeout", DEFAULT_SEND_TIMEOUT))
         retry = options.get("retry") or {}
-        self.retry_base = float(retry.get("base", 0.5))
-        self.retry_cap = float(retry.get("cap", 60.0))
+        self.backoff = Backoff(float(retry.get("base", 0.5)), float(retry.get("cap", 60.0)))
+        # A sink built without a breaker table (tests, tools) only backs off; the config
+        # always supplies one (5 failures, 30 s).
+        breaker = options.get("breaker") or {}
+        self.breaker = Breaker(
+            breaker.get("failures"),
+            float(breaker.get("reset_after", 30.0)),
+            on_change=self._breaker_changed,
+        )
         self.connected = False
         self.last_error: str | None = None
         self.counters = collections.Counter()
-        self._queue: collections.deque = collections.deque()
         self._wakeup = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.queue: Any = MemoryQueue(self.capacity, self.overflow, notify=self._wakeup.set)
         self._stopping = False
         self._dropped: str | None = None
+        self._retry_at = 0.0
+        self._troubled = False  # failed since the last confirmed delivery
+        self._task: asyncio.Task | None = None
+        self._deadline: float | None = None  # when the open() or send() under way times out
+        self._timed_out = False
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._loop_time = time.monotonic
+        self._last_reopen_log = float("-inf")
+        self._unexpected = ThrottledLog(log, interval=60.0)
 
     # -- called by the app -------------------------------------------------------------
+    def use_queue(self, queue: Any) -> None:
+        """Take the queue the app built for this sink's buffering policy (before run())."""
+        queue.notify = self._wakeup.set
+        self.queue = queue
+
     def offer(self, reading: dict, route: dict) -> bool:
-        """Queue one reading without blocking; a full queue drops the newest and counts it."""
+        """Queue one reading without blocking.
+
+        False when it was not queued: dropped by the overflow policy, or refused because
+        the queue is full and the policy is "block" (see `accepting`).
+        """
         self.counters["offered"] += 1
-        if len(self._queue) >= self.capacity:
-            self.counters["dropped_queue_full"] += 1
-            return False
-        self._queue.append((reading, route))
-        self._wakeup.set()
-        return True
+        return self.queue.put((reading, route))
+
+    @property
+    def accepting(self) -> bool:
+        """False while a "block" sink is full: its offers are refused (backpressure)."""
+        return self.queue.accepting
+
+    async def settled(self) -> bool:
+        """Wait until what was offered so far is as durable as the policy makes it."""
+        return await self.queue.settled()
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self.queue.depth
 
     def stats(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "type": self.kind,
             "connected": self.connected,
-            "queue_depth": len(self._queue),
+            "queue_depth": self.queue.depth,
             "last_error": self.last_error,
             **self.counters,
+            "breaker": {
+                "state": self.breaker.state,
+                "failures": self.breaker.failures,
+                "opened": self.breaker.opened,
+                "next_probe_in": round(self.breaker.remaining(), 3),
+            },
+            "buffer": self.queue.stats(),
         }
 
     async def run(self) -> None:
-        """Connect, then deliver queued items until stop(); reconnect with backoff on failure."""
-        attempt = 0
-        while not self._stopping:
-            try:
-                if not self.connected:
-                    await self.open()
-                    self._dropped = None  # whatever dropped before this connection is handled
-                    self.connected = True
-                    self.last_error = None
-                    attempt = 0
-                    log.info("sink %s connected", self.name)
-                await self._deliver_until_failure()
-            except (SinkError, OSError) as error:
-                await self._mark_failed(error)
-                attempt += 1
-                await asyncio.sleep(self._backoff(attempt))
-            except asyncio.CancelledError:
-                raise
+        """Connect, then deliver queued items until stop(); back off and trip on failures."""
+        self._task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        self._watch(loop)
+        try:
+            while not self._stopping:
+                wait = max(self._retry_at - loop.time(), self.breaker.remaining())
+                if wait > 0:
+                    await self._pause(wait)
+                    continue
+                if not self.breaker.allow():
+                    await self._pause(0.01)  # a probe is already out (not with one task)
+                    continue
+                try:
+                    if not self.connected:
+                        await self._bounded(self.open(), "connecting")
+                        self._opened()
+                    await self._deliver_until_failure()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:  # SinkError, OSError, a timeout, a bug in send()
+                    await self._failed(error)
+        finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
 
     async def stop(self, drain_seconds: float = 2.0) -> None:
-        """Give queued items a short chance to leave, then close."""
-        if self.connected and self._queue:
+        """Give queued items a short chance to leave, then close; the queue keeps the rest."""
+        if self.connected and self.queue.depth:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + drain_seconds
-            while self._queue and self.connected and loop.time() < deadline:
+            while self.queue.depth and self.connected and loop.time() < deadline:
                 await asyncio.sleep(0.01)
         self._stopping = True
         self._wakeup.set()
+        self._stop_requested.set()
         try:
-            await self.close()
+            await asyncio.wait_for(self.close(), max(self.send_timeout, STOP_TIMEOUT))
         except Exception as error:  # closing is best effort
             log.debug("sink %s close: %s", self.name, error)
         self.connected = False
+        await self._wait_for_sender()
+        await self.queue.close()
 
     # -- for subclasses ------------------------------------------------------------------
     def connection_dropped(self, reason: str) -> None:
@@ -126,38 +190,167 @@ class Sink:
 
     # -- internals -----------------------------------------------------------------------
     async def _deliver_until_failure(self) -> None:
+        queue = self.queue
+        counters = self.counters
         while not self._stopping:
             if self._dropped is not None:
                 reason, self._dropped = self._dropped, None
                 raise SinkError(reason)
-            if not self._queue:
+            if not queue.ready:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            batch = self._take_batch()
+            batch = await queue.take(self.max_batch)
+            if not batch:
+                continue
             try:
-                await self.send(batch)
+                await self._bounded(self.send(batch), "sending")
             except BaseException:
-                self._queue.extendleft(reversed(batch))
+                queue.release(False)
                 raise
-            self.counters["delivered"] += len(batch)
+            queue.release(True)
+            counters["delivered"] += len(batch)
+            if self._troubled:
+                self._succeeded()
 
-    def _take_batch(self) -> list[Item]:
-        count = min(len(self._queue), self.max_batch)
-        popleft = self._queue.popleft
-        return [popleft() for _ in range(count)]
+    async def _bounded(self, awaitable: Any, what: str) -> Any:
+        """Await open() or send(), failing with SinkError after send_timeout seconds.
 
-    async def _mark_failed(self, error: BaseException) -> None:
+        A watchdog timer (see _watch) cancels the sender task when the deadline passed;
+        one timer per sink instead of one per send keeps this off the hot path.
+        """
+        self._deadline = self._loop_time() + self.send_timeout
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if not self._timed_out:
+                raise
+            self._timed_out = False
+            uncancel = getattr(self._task, "uncancel", None)  # Python 3.11+
+            if uncancel is not None and uncancel() > 0:
+                raise  # stop() cancelled it as well
+            raise SinkError(self._timeout_message(what)) from None
+        finally:
+            self._deadline = None
+            if self._timed_out:  # the watchdog fired but the sink swallowed the cancellation
+                self._timed_out = False
+                uncancel = getattr(self._task, "uncancel", None)
+                if uncancel is not None:
+                    uncancel()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Check every quarter of send_timeout whether open() or send() ran over."""
+        self._loop_time = loop.time
+        if self.send_timeout <= 0:
+            return
+        interval = max(0.01, self.send_timeout / 4)
+
+        def check() -> None:
+            deadline = self._deadline
+            if deadline is not None and loop.time() >= deadline and not self._timed_out:
+                self._timed_out = True
+                self._task.cancel()
+            self._watchdog = loop.call_later(interval, check)
+
+        self._watchdog = loop.call_later(interval, check)
+
+    def _timeout_message(self, what: str) -> str:
+        return f"no answer within {self.send_timeout:g}s while {what} (send_timeout)"
+
+    def _opened(self) -> None:
+        self._dropped = None  # whatever dropped before this connection is handled
+        self.connected = True
+        self.last_error = None
+        log.info("sink %s connected", self.name)
+        if not self.queue.ready:
+            self._succeeded()  # nothing waits: the connection itself is the proof
+
+    def _succeeded(self) -> None:
+        self._troubled = False
+        self._retry_at = 0.0
+        self.backoff.reset()
+        self.breaker.success()
+        self.queue.sink_recovered()
+
+    async def _failed(self, error: BaseException) -> None:
+        if not isinstance(error, (SinkError, OSError)):
+            self._unexpected.warning(
+                "unexpected",
+                "sink %s: unexpected %s; treated as a failed delivery",
+                self.name,
+                type(error).__name__,
+                exc_info=True,
+            )
         was_connected = self.connected
         self.connected = False
+        self._troubled = True
         self.last_error = str(error) or type(error).__name__
         self.counters["failures"] += 1
         if was_connected:
             log.warning("sink %s failed: %s", self.name, self.last_error)
         try:
-            await self.close()
+            await asyncio.wait_for(self.close(), max(self.send_timeout, STOP_TIMEOUT))
         except Exception:
             pass
+        self.queue.sink_failed()
+        self.breaker.failure()
+        delay = 0.0 if self.breaker.state == OPEN else self.backoff.next()
+        self._retry_at = asyncio.get_running_loop().time() + delay
 
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.retry_cap, self.retry_base * (2 ** min(attempt, 30))))
+    async def _pause(self, seconds: float) -> None:
+        """Sleep before the next attempt; stop() cuts it short."""
+        try:
+            await asyncio.wait_for(self._stop_requested.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _wait_for_sender(self) -> None:
+        task = self._task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        done, _pending = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _breaker_changed(self, old: str, new: str) -> None:
+        waiting = self.queue.depth if hasattr(self, "queue") else 0
+        reset = self.breaker.reset_after
+        if new == OPEN and old == CLOSED:
+            self._last_reopen_log = time.monotonic()
+            log.warning(
+                "sink %s: breaker open after %d failures (%s); next probe in %gs",
+                self.name,
+                self.breaker.failures,
+                self.last_error,
+                reset,
+            )
+        elif new == OPEN:
+            now = time.monotonic()
+            level = logging.DEBUG
+            if now - self._last_reopen_log >= REOPEN_LOG_INTERVAL:
+                self._last_reopen_log, level = now, logging.WARNING
+            log.log(
+                level,
+                "sink %s: probe failed (%s); still unreachable after %d failures, "
+                "%d readings waiting; next probe in %gs",
+                self.name,
+                self.last_error,
+                self.breaker.failures,
+                waiting,
+                reset,
+            )
+        elif new == HALF_OPEN:
+            log.debug("sink %s: breaker half-open, probing", self.name)
+        elif new == CLOSED:
+            log.info(
+                "sink %s: breaker closed; delivering again (%d readings waiting)",
+                self.name,
+                waiting,
+            )
+
+    def _take_batch(self) -> list[Item]:
+        """Take and confirm up to max_batch items at once (tests reading a memory queue)."""
+        items = self.queue.take_now(self.max_batch)
+        self.queue.release(True)
+        return items

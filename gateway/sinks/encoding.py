@@ -10,6 +10,7 @@ import orjson
 
 ENCODINGS = ("json", "msgpack", "cbor")
 
+
 def _encode_msgpack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
