@@ -111,7 +111,7 @@ class Gateway:
     def stats(self) -> dict[str, Any]:
         sources = {}
         for source, ingest in zip(self.sources, self.ingests):
-            sources[source.name] = {"state": source.state, **source.counters, **ingest.counters}
+            sources[source.name] = {**source.stats(), **ingest.counters}
         sinks = {name: sink.stats() for name, sink in self.sinks.items()}
         totals = {
             "readings": sum(ingest.counters["readings"] for ingest in self.ingests),

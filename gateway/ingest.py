@@ -68,7 +68,7 @@ class Ingest:
             self.counters["parse_errors"] += 1
             self._problems.warning("parse", "source %s: bad line dropped: %s", self.device, error)
             return
-        self.counters["lines"] += 1
+        self.counters["parsed"] += 1  # "lines" is the source's count of lines received
         stream = data.pop("stream", None)
         device_time = data.pop("dts", None)
         self.on_data(data, ts, stream=stream, device_time=device_time)
