@@ -652,3 +652,27 @@ def test_inflight_window_packet_id_wrap_and_qos2(broker):
     assert [topic for topic, _, _ in subscriber.messages[50:]] == ["gw/t/q2/dev-1"] * 5
     assert sink.counters["acked"] == 55  # PUBACKs and, for QoS 2, PUBCOMPs
     assert sink.counters["failures"] == 0
+
+
+def test_connecting_cancelled_while_waiting_for_connack_closes_the_connection():
+    """A broker that accepts TCP but never answers CONNECT; the wait is cut short (the
+    sink's send_timeout does that): the half-open connection must not be left behind."""
+
+    async def scenario() -> None:
+        closed = asyncio.Event()
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.read(1024):
+                pass  # swallow CONNECT, answer nothing
+            closed.set()
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sink = make_sink(f"mqtt://127.0.0.1:{port}", connect_timeout=30)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(sink.open(), 0.3)
+        await asyncio.wait_for(closed.wait(), 5)
+        server.close()
+
+    asyncio.run(scenario())

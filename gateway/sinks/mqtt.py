@@ -261,6 +261,9 @@ class MqttSink(Sink):
             raise self._failure(
                 f"MQTT broker at {self.address} did not answer CONNECT ({reason})"
             ) from error
+        except BaseException:  # cancelled (the sink's send_timeout, or a stop): no leak
+            connection.fail("connecting cancelled")
+            raise
         if connack.type != mqtt.CONNACK:
             connection.fail("no CONNACK")
             raise self._failure(f"MQTT broker at {self.address} sent {connack.name} before CONNACK")
