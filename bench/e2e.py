@@ -6,6 +6,13 @@ latency p50/p99 per sink (serial write → receiver), the gateway's peak RSS and
     python bench/e2e.py --rate 1000 --seconds 10
     python bench/e2e.py --preset high_throughput --rate 50000 --seconds 10
     python bench/e2e.py --find-max            # highest rate with zero loss
+    python bench/e2e.py --outage 60           # broker stopped 60 s mid-run (5,000/s, basic)
+
+--outage SECONDS stops Mosquitto (persistent, with a persistent-session subscriber, so the
+broker loses nothing itself) for SECONDS after --seconds of traffic, starts it again on the
+same port, and goes on for --seconds more. It reports per sink the unique readings delivered,
+loss, duplicates and whether each device's order was kept, plus the time until the MQTT sink
+reconnected and until its backlog drained, the gateway's peak RSS and its disk writes.
 """
 
 from __future__ import annotations
@@ -15,12 +22,13 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.config import presets  # noqa: E402
-from tests.support.broker import Broker, free_port  # noqa: E402
+from tests.support.broker import Broker, PersistentBroker, ProcessSubscriber, free_port  # noqa: E402  # noqa: E402
 from tests.support.e2e import (  # noqa: E402
     DeviceWriters,
     GatewayProcess,
@@ -65,7 +73,12 @@ def bench_routes(preset: str) -> list[dict]:
 
 
 def bench_config(
-    preset: str, paths: list[str], broker_port: int, udp_port: int, api_port: int
+    preset: str,
+    paths: list[str],
+    broker_port: int,
+    udp_port: int,
+    api_port: int,
+    buffer: str | None = None,
 ) -> str:
     sources = "".join(
         f'\n[[sources]]\nname = "dev-{i}"\nport = "{path}"\nstream = "bench"\npreset = "bench"\n'
@@ -82,6 +95,7 @@ listen = "127.0.0.1:{api_port}"
 {sources}
 [presets.bench]
 extends = "{preset}"
+{f'buffer = "{buffer}"' if buffer else ""}
 routes = [
   {routes},
 ]
@@ -195,19 +209,196 @@ def probe(preset: str, devices: int, rate: float, seconds: float) -> dict | None
     return report if kept_up else None
 
 
+def run_outage(
+    preset: str, buffer: str | None, devices: int, rate: float, lead: float, outage: float
+) -> dict:
+    """`lead` s of traffic, the broker stopped for `outage` s, `lead` s more; then drain."""
+    directory = tempfile.mkdtemp(prefix="bench-outage-")
+    broker = PersistentBroker().start()
+    subscriber = ProcessSubscriber(broker.port, "gw/bench/+/+")
+    writers = DeviceWriters(devices, directory)
+    udp_port, api_port = free_udp_port(), free_port()
+    config = bench_config(preset, writers.paths, broker.port, udp_port, api_port, buffer)
+    gateway = GatewayProcess(config, directory)
+    per_device = max(1, int(rate * (2 * lead + outage) / devices))
+    offered = per_device * devices
+    timings: dict[str, float] = {}
+    try:
+        gateway.start(api_port)
+        receivers = Receivers(
+            udp_port=udp_port, websocket_url=f"ws://127.0.0.1:{api_port}/ws", expected=offered
+        )
+        receivers.start()
+        written: list[float] = []
+        writing = threading.Thread(
+            target=lambda: written.append(writers.run(per_device, rate / devices))
+        )
+        writing.start()
+        time.sleep(lead)  # the fault's schedule
+        io_before, commits_before = process_io(gateway), store_commits(gateway)
+        broker.stop()
+        stopped = time.monotonic()
+        time.sleep(max(0.0, stopped + outage - time.monotonic()))
+        broker.start()
+        returned = time.monotonic()
+        timings["reconnect_seconds"] = seconds_until(gateway, returned, mqtt_connected)
+        timings["drain_seconds"] = seconds_until(gateway, returned, mqtt_backlog_drained)
+        io_after, commits_after = process_io(gateway), store_commits(gateway)
+        window = time.monotonic() - stopped
+        writing.join()
+        gateway.wait_for(lambda s: s["totals"]["delivered"]["mqtt"] >= offered, 120)
+        wait_for_lines(subscriber, offered, 120)
+        results = receivers.finish(timeout=60)
+        results["mqtt"] = mqtt_received(subscriber)
+        stats = gateway.health()["stats"]
+        resources = gateway.resources()
+        gateway.stop()
+    finally:
+        subscriber.close()
+        writers.close()
+        broker.close()
+        gateway.kill()
+    mqtt_buffer = stats["sinks"]["mqtt"]["buffer"]
+    report = {
+        "mode": "outage",
+        "preset": preset,
+        "buffer": mqtt_buffer["policy"],
+        "fsync": stats["store"]["fsync"],
+        "devices": devices,
+        "rate_offered": rate,
+        "outage_seconds": outage,
+        "seconds_before_and_after": lead,
+        "write_seconds": round(written[0], 1),
+        "offered": offered,
+        # Sinks run with the default breaker: the first probe after the broker returned can
+        # wait up to its reset_after.
+        "breaker": "default: open after 5 failures, probe every 30 s",
+        **{key: round(value, 2) for key, value in timings.items()},
+        "drain_after_reconnect_seconds": round(
+            timings["drain_seconds"] - timings["reconnect_seconds"], 2
+        ),
+        **resources,
+        "disk_during_outage_and_drain": disk_rates(
+            io_before, io_after, commits_after - commits_before, window
+        ),
+        "mqtt_buffer_at_end": {k: mqtt_buffer.get(k) for k in ("depth", "drops", "spilled")},
+        "sinks": {kind: outage_summary(results.get(kind, []), offered) for kind in SINK_KINDS},
+    }
+    report["zero_loss"] = all(sink["lost"] == 0 for sink in report["sinks"].values())
+    report["order_kept"] = all(sink["order_kept"] for sink in report["sinks"].values())
+    return report
+
+
+def mqtt_connected(stats: dict) -> bool:
+    return stats["sinks"]["mqtt"]["connected"]
+
+
+def mqtt_backlog_drained(stats: dict) -> bool:
+    """Nothing left on disk: the sink is back to memory, only live readings waiting."""
+    buffer = stats["sinks"]["mqtt"]["buffer"]
+    return buffer["disk"] == 0 and buffer["depth"] < 1000
+
+
+def seconds_until(gateway: GatewayProcess, since: float, predicate) -> float:
+    gateway.wait_for(predicate, timeout=600)
+    return time.monotonic() - since
+
+
+def process_io(gateway: GatewayProcess) -> dict[str, int]:
+    """The gateway's write_bytes (reached the block layer) and write calls (syscw)."""
+    with open(f"/proc/{gateway.process.pid}/io") as io:
+        fields = dict(line.split(": ") for line in io.read().splitlines())
+    return {"write_bytes": int(fields["write_bytes"]), "syscw": int(fields["syscw"])}
+
+
+def store_commits(gateway: GatewayProcess) -> int:
+    return gateway.health()["stats"]["store"]["commits"]
+
+
+def disk_rates(before: dict, after: dict, commits: int, seconds: float) -> dict:
+    written = after["write_bytes"] - before["write_bytes"]
+    return {
+        "seconds": round(seconds, 1),
+        "mb_per_second": round(written / seconds / 1e6, 3),
+        "write_calls_per_second": round((after["syscw"] - before["syscw"]) / seconds),
+        "commits_per_second": round(commits / seconds, 1),
+        "note": "write calls include the sockets (UDP, WebSocket) and the log",
+    }
+
+
+def wait_for_lines(subscriber: ProcessSubscriber, count: int, timeout: float) -> int:
+    """Poll mosquitto_sub's output (another process) until `count` lines or timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(subscriber.output.name, "rb") as output:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: output.read(1 << 20), b""))
+        if lines >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.5)
+
+
+def mqtt_received(subscriber: ProcessSubscriber) -> list:
+    """mosquitto_sub's "topic payload" lines as receiver tuples (no arrival times)."""
+    received = []
+    with open(subscriber.output.name) as lines:
+        for line in lines:
+            topic, _, payload = line.rstrip("\n").partition(" ")
+            if topic == ProcessSubscriber.READY:
+                continue
+            for r in json.loads(payload) if payload.startswith("[") else [json.loads(payload)]:
+                received.append((r["device"], r["stream"], r["seq"], r["data"], r["ts"], 0.0, r))
+    return received
+
+
+def outage_summary(received: list, offered: int) -> dict:
+    first_seen: dict[str, list[int]] = {}
+    seen = set()
+    for device, _stream, seq, data, *_rest in received:
+        if (device, seq) in seen:
+            continue
+        seen.add((device, seq))
+        first_seen.setdefault(device, []).append(data["n"])
+    order_kept = all(counters == sorted(counters) for counters in first_seen.values())
+    return {
+        "delivered_unique": len(seen),
+        "lost": offered - len(seen),
+        "duplicates": len(received) - len(seen),
+        "order_kept": order_kept,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", default="realtime")
+    parser.add_argument("--preset", help="realtime (basic with --outage)")
+    parser.add_argument(
+        "--buffer", choices=("write_ahead", "spill", "none"), help="override (with --outage)"
+    )
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument(
-        "--rate", type=float, default=1000, help="readings/s offered, all devices together"
+        "--rate",
+        type=float,
+        help="readings/s offered, all devices together (1000; 5000 with --outage)",
     )
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--find-max", action="store_true")
     parser.add_argument("--ceiling", type=float, default=200_000)
+    parser.add_argument("--outage", type=float, metavar="SECONDS", help="stop the broker mid-run")
     arguments = parser.parse_args()
+    if arguments.outage:
+        result = run_outage(
+            arguments.preset or "basic",
+            arguments.buffer,
+            arguments.devices,
+            arguments.rate or 5000,
+            arguments.seconds,
+            arguments.outage,
+        )
+        print(json.dumps(result, indent=2))
+        return
+    arguments.preset = arguments.preset or "realtime"
+    arguments.rate = arguments.rate or 1000
     if arguments.find_max:
         result = find_max(
             arguments.preset, arguments.devices, arguments.seconds, 2000, arguments.ceiling

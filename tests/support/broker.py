@@ -1,7 +1,9 @@
-"""A real Mosquitto process on a free loopback port that tests can stop and restart."""
+"""Real Mosquitto processes on free loopback ports that tests stop and restart, and subscribers."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import socket
@@ -115,3 +117,76 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+class PersistentBroker(Broker):
+    """Keeps sessions and queued messages across restarts, so a subscriber misses nothing."""
+
+    def __init__(self, port: int | None = None):
+        super().__init__(port)
+        # Mosquitto started as root drops to its own user: the database needs a writable place.
+        database = os.path.join(self.directory, "db")
+        os.mkdir(database)
+        os.chmod(self.directory, 0o755)
+        os.chmod(database, 0o777)
+        with open(self.config_path) as config:
+            text = config.read()
+        text = text.replace(
+            "persistence false\n",
+            f"persistence true\npersistence_location {database}/\n"
+            # Queued messages go out one per PUBACK; Nagle plus delayed ACKs would make that
+            # a 40 ms round trip each for the test subscriber.
+            "set_tcp_nodelay true\n",
+        )
+        with open(self.config_path, "w") as config:
+            config.write(text)
+
+
+class ProcessSubscriber:
+    """mosquitto_sub in its own process with a persistent session at QoS 1.
+
+    It keeps up with the sink (no shared GIL) and, with a PersistentBroker, misses nothing
+    while either side reconnects.
+    """
+
+    READY = "test/ready"
+
+    def __init__(self, port: int, topic: str):
+        subprocess.run(
+            ["mosquitto_pub", "-p", str(port), "-t", self.READY, "-m", "ready", "-r", "-q", "1"],
+            check=True,
+        )
+        self.output = tempfile.NamedTemporaryFile(prefix="mqtt-sub-", suffix=".txt")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["mosquitto_sub", "-p", str(port), "-c", "-i", f"sub-{port}", "-q", "1"]
+            + ["-t", self.READY, "-t", topic, "-F", "%t %p"],
+            stdout=self.output,
+            stderr=subprocess.DEVNULL,
+        )
+        # The retained READY message arrives right after SUBACK: then the session exists.
+        deadline = time.monotonic() + 10
+        while os.path.getsize(self.output.name) == 0:
+            assert time.monotonic() < deadline, "mosquitto_sub did not subscribe"
+            time.sleep(0.01)  # another process's output: polling is all there is
+
+    def seqs(self) -> list[int]:
+        with open(self.output.name) as lines:
+            return [
+                json.loads(line.split(" ", 1)[1])["seq"]
+                for line in lines
+                if not line.startswith(self.READY + " ")
+            ]
+
+    async def wait_for_unique(self, count: int, timeout: float = 30.0) -> None:
+        """Wait (in an event loop) until count distinct readings arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(set(self.seqs())) < count:
+            if loop.time() > deadline:
+                raise AssertionError(f"timed out waiting for {count} readings")
+            await asyncio.sleep(0.05)  # another process's output: polling is all there is
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.output.close()
