@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_SECONDS ?= 30
 
-.PHONY: demo test test-python test-micropython bench lint format system-deps clean
+.PHONY: demo test test-python test-micropython bench bench-outage lint format system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,12 +31,18 @@ test-python: $(STAMP)
 test-micropython: $(STAMP)
 	$(BIN)/python tests/run_micropython.py
 
-# Benchmarks print JSON (not timed tests): latency at 1,000 readings/s, then the highest
-# zero-loss rate with one message per reading (basic) and with batches (high_throughput).
+# Benchmarks print JSON (not timed tests): latency at 1,000 readings/s, the highest
+# zero-loss rate with one message per reading (basic) and with batches (high_throughput),
+# and wire-protocol (COBS) devices as fast as acknowledgements allow.
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/e2e.py --preset realtime --rate 1000 --seconds 10
 	$(BIN)/python bench/e2e.py --preset basic --find-max --seconds 5
 	$(BIN)/python bench/e2e.py --preset high_throughput --find-max --seconds 5
+	$(BIN)/python bench/cobs.py --readings 100000
+
+# The 60 s broker outage at 5,000 readings/s (about three minutes).
+bench-outage: $(STAMP) system-deps
+	$(BIN)/python bench/e2e.py --outage 60 --rate 5000
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway host_tools tests bench

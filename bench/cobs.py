@@ -1,4 +1,4 @@
-"""COBS benchmark: N wire-protocol devices on ptys → gateway process → MQTT and UDP receivers.
+"""COBS benchmark: N wire-protocol devices on ptys → gateway → MQTT, UDP and WebSocket receivers.
 
 The devices speak protocol v1 (tests/support/cobs_device.py: HELLO, DATA with 16 readings
 per frame, a ring of unacknowledged frames, retransmits), as fast as the gateway's
@@ -20,6 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.e2e import bench_routes, inline_table, summarise  # noqa: E402
 from gateway.sources.simulator import VirtualSerialDevice  # noqa: E402
 from tests.support.broker import Broker, free_port  # noqa: E402
 from tests.support.cobs_device import CobsTestDevice  # noqa: E402
@@ -33,6 +34,8 @@ def cobs_config(
         f'\n[[sources]]\nname = "port-{i}"\nport = "{path}"\nframing = "cobs"\npreset = "bench"\n'
         for i, path in enumerate(paths)
     )
+    # The preset's own batching and encoding, to all three sinks, as bench/e2e.py does.
+    routes = ",\n  ".join(inline_table(route) for route in bench_routes(preset))
     return f"""
 [gateway]
 id = "bench"
@@ -43,6 +46,9 @@ listen = "127.0.0.1:{api_port}"
 {sources}
 [presets.bench]
 extends = "{preset}"
+routes = [
+  {routes},
+]
 
 [sinks.mqtt]
 type = "mqtt"
@@ -52,6 +58,10 @@ qos = 1
 [sinks.udp]
 type = "udp"
 targets = ["127.0.0.1:{udp_port}"]
+
+[sinks.live]
+type = "websocket"
+queue = 1000000
 """
 
 
@@ -86,7 +96,11 @@ def run(preset: str, count: int, readings: int) -> dict:
     try:
         gateway.start(api_port)
         receivers = Receivers(
-            udp_port=udp_port, mqtt_port=broker.port, mqtt_topic="gw/bench/#", expected=offered
+            udp_port=udp_port,
+            websocket_url=f"ws://127.0.0.1:{api_port}/ws",
+            mqtt_port=broker.port,
+            mqtt_topic="gw/bench/#",
+            expected=offered,
         )
         receivers.start()
         started = time.time()
@@ -108,14 +122,7 @@ def run(preset: str, count: int, readings: int) -> dict:
         "sinks": {},
     }
     for kind, received in results.items():
-        unique = {(device, seq) for device, _stream, seq, *_rest in received}
-        last = max((at for *_rest, at, _r in received), default=started)
-        report["sinks"][kind] = {
-            "delivered": len(unique),
-            "duplicates": len(received) - len(unique),
-            "lost": offered - len(unique),
-            "readings_per_second": round(len(unique) / max(1e-9, last - started)),
-        }
+        report["sinks"][kind] = summarise(received, offered, started)
     report["zero_loss"] = all(sink["lost"] == 0 for sink in report["sinks"].values())
     return report
 

@@ -166,14 +166,16 @@ def summarise(received: list, offered: int, started: float) -> dict:
         (at - data["sent"]) * 1000 for _d, _s, _q, data, _ts, at, _r in received if "sent" in data
     ]
     last = max((at for *_rest, at, _r in received), default=started)
-    return {
+    summary = {
         "delivered": len(unique),
         "duplicates": len(received) - len(unique),
         "lost": offered - len(unique),
         "readings_per_second": round(len(unique) / max(1e-9, last - started)),
-        "latency_ms_p50": round(percentile(latencies, 0.50), 3),
-        "latency_ms_p99": round(percentile(latencies, 0.99), 3),
     }
+    if latencies:  # lines carry their write time; COBS devices' float32 values cannot
+        summary["latency_ms_p50"] = round(percentile(latencies, 0.50), 3)
+        summary["latency_ms_p99"] = round(percentile(latencies, 0.99), 3)
+    return summary
 
 
 def find_max(preset: str, devices: int, seconds: float, start: float, ceiling: float) -> dict:
