@@ -20,49 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.e2e import bench_routes, inline_table, summarise  # noqa: E402
+from bench.e2e import bench_config, summarise  # noqa: E402
 from gateway.sources.simulator import VirtualSerialDevice  # noqa: E402
 from tests.support.broker import Broker, free_port  # noqa: E402
 from tests.support.cobs_device import CobsTestDevice  # noqa: E402
 from tests.support.e2e import GatewayProcess, Receivers, free_udp_port  # noqa: E402
-
-
-def cobs_config(
-    preset: str, paths: list[str], broker_port: int, udp_port: int, api_port: int
-) -> str:
-    sources = "".join(
-        f'\n[[sources]]\nname = "port-{i}"\nport = "{path}"\nframing = "cobs"\npreset = "bench"\n'
-        for i, path in enumerate(paths)
-    )
-    # The preset's own batching and encoding, to all three sinks, as bench/e2e.py does.
-    routes = ",\n  ".join(inline_table(route) for route in bench_routes(preset))
-    return f"""
-[gateway]
-id = "bench"
-data_dir = "./var"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-{sources}
-[presets.bench]
-extends = "{preset}"
-routes = [
-  {routes},
-]
-
-[sinks.mqtt]
-type = "mqtt"
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-
-[sinks.udp]
-type = "udp"
-targets = ["127.0.0.1:{udp_port}"]
-
-[sinks.live]
-type = "websocket"
-queue = 1000000
-"""
 
 
 async def drive(devices: list[CobsTestDevice], per_device: int) -> float:
@@ -92,7 +54,9 @@ def run(preset: str, count: int, readings: int) -> dict:
     offered = per_device * count
     udp_port, api_port = free_udp_port(), free_port()
     paths = [device.path for device in devices]
-    gateway = GatewayProcess(cobs_config(preset, paths, broker.port, udp_port, api_port), directory)
+    gateway = GatewayProcess(
+        bench_config(preset, paths, broker.port, udp_port, api_port, framing="cobs"), directory
+    )
     try:
         gateway.start(api_port)
         receivers = Receivers(

@@ -79,9 +79,12 @@ def bench_config(
     udp_port: int,
     api_port: int,
     buffer: str | None = None,
+    framing: str = "lines",
 ) -> str:
+    # A line device's readings need a stream name; a COBS device names its streams in HELLO.
+    framed = 'stream = "bench"' if framing == "lines" else f'framing = "{framing}"'
     sources = "".join(
-        f'\n[[sources]]\nname = "dev-{i}"\nport = "{path}"\nstream = "bench"\npreset = "bench"\n'
+        f'\n[[sources]]\nname = "dev-{i}"\nport = "{path}"\n{framed}\npreset = "bench"\n'
         for i, path in enumerate(paths)
     )
     routes = ",\n  ".join(inline_table(route) for route in bench_routes(preset))
