@@ -20,11 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.e2e import bench_config, summarise  # noqa: E402
+from bench.e2e import bench_config, bench_receivers, summarise  # noqa: E402
 from gateway.sources.simulator import VirtualSerialDevice  # noqa: E402
 from tests.support.broker import Broker, free_port  # noqa: E402
 from tests.support.cobs_device import CobsTestDevice  # noqa: E402
-from tests.support.e2e import GatewayProcess, Receivers, free_udp_port  # noqa: E402
+from tests.support.e2e import GatewayProcess, free_udp_port  # noqa: E402
 
 
 async def drive(devices: list[CobsTestDevice], per_device: int) -> float:
@@ -59,14 +59,7 @@ def run(preset: str, count: int, readings: int) -> dict:
     )
     try:
         gateway.start(api_port)
-        receivers = Receivers(
-            udp_port=udp_port,
-            websocket_url=f"ws://127.0.0.1:{api_port}/ws",
-            mqtt_port=broker.port,
-            mqtt_topic="gw/bench/#",
-            expected=offered,
-        )
-        receivers.start()
+        receivers = bench_receivers(udp_port, api_port, broker.port, offered)
         started = time.time()
         acknowledged_seconds = asyncio.run(drive(devices, per_device))
         results = receivers.finish(timeout=120)

@@ -118,6 +118,19 @@ queue = 1000000
 """
 
 
+def bench_receivers(udp_port: int, api_port: int, broker_port: int, expected: int) -> Receivers:
+    """Started receivers for the three bench sinks, each stopping once it has `expected`."""
+    receivers = Receivers(
+        udp_port=udp_port,
+        websocket_url=f"ws://127.0.0.1:{api_port}/ws",
+        mqtt_port=broker_port,
+        mqtt_topic="gw/bench/#",
+        expected=expected,
+    )
+    receivers.start()
+    return receivers
+
+
 def run_once(preset: str, devices: int, rate: float, seconds: float) -> dict:
     """One run at `rate` readings/s in all; returns the figures as a dict."""
     directory = tempfile.mkdtemp(prefix="bench-e2e-")
@@ -131,14 +144,7 @@ def run_once(preset: str, devices: int, rate: float, seconds: float) -> dict:
     offered = per_device * devices
     try:
         gateway.start(api_port)
-        receivers = Receivers(
-            udp_port=udp_port,
-            websocket_url=f"ws://127.0.0.1:{api_port}/ws",
-            mqtt_port=broker.port,
-            mqtt_topic="gw/bench/#",
-            expected=offered,
-        )
-        receivers.start()
+        receivers = bench_receivers(udp_port, api_port, broker.port, offered)
         started = time.time()
         write_seconds = writers.run(per_device, rate / devices)
         results = receivers.finish(timeout=max(30.0, seconds * 3))

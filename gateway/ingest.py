@@ -6,6 +6,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from gateway.config.schema import ROUTE_KEYS
 from gateway.core.parsers import ParseError, make_parser
 from gateway.core.pipeline import Pipeline
 from gateway.sinks.base import Sink
@@ -14,7 +15,8 @@ from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.ingest")
 
-ROUTE_OPTION_KEYS = ("topic", "qos", "retain", "encoding", "batch")
+# What a route says about how its sink sends: every route key but the sink it names.
+ROUTE_OPTION_KEYS = tuple(key for key in ROUTE_KEYS if key not in ("sink", "type"))
 
 
 def resolve_routes(preset: dict[str, Any], sinks: dict[str, Sink]) -> list[tuple[Sink, dict]]:
