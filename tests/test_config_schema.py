@@ -322,7 +322,7 @@ def test_defaults_fill_a_minimal_config():
         "buffer": {"max_bytes": 64 * 1024**2, "max_age": 7 * 86400.0, "overflow": "drop_oldest"},
         "breaker": {"failures": 5, "reset_after": 30.0},
         "retry": {"base": 0.5, "cap": 60.0},
-        "queue_size": 100000,
+        "queue_size": 10000,
         "max_batch": 500,
     }
     no_batch = {"max_readings": 1, "max_delay": 0.0}
@@ -340,6 +340,7 @@ def test_defaults_fill_a_minimal_config():
         "cert": None,
         "key": None,
         "keepalive": 30.0,
+        "max_inflight": 1000,
         "availability": True,
         "discovery_prefix": "homeassistant",
         "encoding": "json",

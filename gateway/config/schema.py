@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from gateway.config.units import DURATION_EXPECTED, SIZE_EXPECTED, parse_duration, parse_size
+from gateway.core.bounds import DEFAULT_QUEUE_SIZE
 from gateway.core.pipeline import STEP_CHOICES, STEP_PARAMETERS, check_step
 
 
@@ -82,6 +83,7 @@ SINK_KEYS = {
         "cert",
         "key",
         "keepalive",
+        "max_inflight",
         "availability",
         "discovery_prefix",
         "encoding",
@@ -808,7 +810,7 @@ def sink_options(report: Report, path: str, raw: Any, gateway: Mapping[str, Any]
         "buffer": _buffer(section.table("buffer", ("max_bytes", "max_age", "overflow"))),
         "breaker": _breaker(section.table("breaker", ("failures", "reset_after"))),
         "retry": _retry(section.table("retry", ("base", "cap"))),
-        "queue_size": section.get("queue_size", POSITIVE_INT, 100_000),
+        "queue_size": section.get("queue_size", POSITIVE_INT, DEFAULT_QUEUE_SIZE),
         "max_batch": section.get("max_batch", POSITIVE_INT, 500),
     }
     if section.has("send_timeout"):  # present only when given (the sink's default: 10 s)
@@ -867,6 +869,7 @@ def _mqtt(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
         "cert": section.get("cert", text("a file path")),
         "key": section.get("key", text("a file path")),
         "keepalive": section.get("keepalive", _keepalive, 30.0),
+        "max_inflight": section.get("max_inflight", MAX_INFLIGHT, 1000),
         "availability": section.get("availability", boolean, True),
         "discovery_prefix": section.get("discovery_prefix", text(), "homeassistant"),
         "encoding": section.get("encoding", choice(ENCODINGS), "json"),
@@ -885,6 +888,7 @@ def _mqtt(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
 
 
 QOS = choice((0, 1), hints={2: " (QoS 2 is not supported)"})
+MAX_INFLIGHT = integer(1, 65535)
 KEEPALIVE_EXPECTED = "a duration from 1s to 18h12m15s (65535 s)"
 
 

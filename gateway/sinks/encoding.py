@@ -8,6 +8,8 @@ import cbor2
 import msgpack
 import orjson
 
+from gateway import json_bytes
+
 ENCODINGS = ("json", "msgpack", "cbor")
 
 
@@ -18,7 +20,7 @@ def _encode_msgpack(value: Any) -> bytes:
 _ENCODERS: dict[str, Callable[[Any], bytes]] = {
     # orjson: ≈ 14x the standard library's speed; JSON encoding was the largest cost per
     # reading. Its failures (non-str keys, integers beyond 64 bits) raise TypeError.
-    "json": orjson.dumps,
+    "json": json_bytes.dumps,
     "msgpack": _encode_msgpack,
     "cbor": cbor2.dumps,
 }

@@ -22,6 +22,9 @@ DEFAULT_BAUD = 115200
 DEFAULT_MAX_LINE = 4096
 DEFAULT_RECONNECT_INTERVAL = 0.5
 READ_SIZE = 65536
+# While paused for backpressure, how often to look whether the sinks take readings again.
+# A poll rather than a wake-up from every queue: a paused source costs 500 checks a second.
+RESUME_POLL = 0.002
 # Bytes for the device (ACKs, commands) held while it does not read; beyond this they are
 # dropped and counted: ACKs are cumulative and commands time out, so nothing stalls.
 MAX_WRITE_BACKLOG = 65536
@@ -33,6 +36,7 @@ COUNTERS = (
     "partial_at_disconnect",
     "reconnects",
     "callback_errors",
+    "paused",
 )
 
 OnLine = Callable[[str, float], None]
@@ -120,6 +124,11 @@ class SerialSource:
 
     framing = "cobs" needs a `handler` (cobs_link.CobsHandler): it gets the raw chunks instead
     of on_line, and write() to talk back to the device.
+
+    `accepting()` is backpressure: when it turns False after a chunk, the source stops
+    reading the port until it turns True again. The device (a USB CDC port, a pty) then
+    waits in its own write; nothing is read that could not be kept. `paused` counts the
+    pauses and `paused_seconds` their length.
     """
 
     def __init__(
@@ -130,6 +139,7 @@ class SerialSource:
         *,
         list_ports: Callable[[], list[dict[str, Any]]] | None = None,
         handler: FrameHandler | None = None,
+        accepting: Callable[[], bool] | None = None,
     ):
         self.name = options.get("name") or options.get("port") or "serial"
         self.port: str | None = options.get("port")
@@ -151,6 +161,9 @@ class SerialSource:
         )
         self.on_line = on_line
         self.on_event = on_event
+        self.accepting = accepting
+        self.paused_seconds = 0.0
+        self._held: tuple[list[bytes], int, float] | None = None  # lines not yet taken
         # "fd": non-blocking reads from the event loop (POSIX); "thread": aioserial.read_async.
         self.read_mode = "fd" if os.name == "posix" else "thread"
         self.state = "stopped"
@@ -196,6 +209,7 @@ class SerialSource:
 
     def stats(self) -> dict[str, Any]:
         stats = {"name": self.name, "state": self.state, "device": self.device, **self.counters}
+        stats["paused_seconds"] = round(self.paused_seconds, 3)
         if self.handler is not None:
             stats["link"] = self.handler.stats()
             stats["remote"] = self.handler.state()
@@ -319,6 +333,7 @@ class SerialSource:
             if self.handler is not None:
                 self.handler.disconnected()
             serial_port.close()
+            self._deliver_held(force=True)
             self._discard_partial_line()
 
     async def _read_with_fd(self, serial_port: aioserial.AioSerial) -> str | None:
@@ -333,6 +348,8 @@ class SerialSource:
         self._gone = loop.create_future()
         self._fd = fd
         self._write_fd()
+        accepting = self.accepting
+        resume: list[asyncio.TimerHandle] = []  # the pending look while paused
 
         def readable() -> None:
             try:
@@ -346,11 +363,27 @@ class SerialSource:
                 self._device_gone("end of file")
                 return
             self._receive(chunk, time.time())
+            if accepting is not None and (self._held is not None or not accepting()):
+                loop.remove_reader(fd)
+                self.counters["paused"] += 1
+                resume.append(loop.call_later(RESUME_POLL, look, loop.time()))
+
+        def look(since: float) -> None:
+            resume.clear()
+            if self._gone is None or self._gone.done():
+                return
+            if not accepting() or not self._deliver_held() or not accepting():
+                resume.append(loop.call_later(RESUME_POLL, look, since))
+                return
+            self.paused_seconds += loop.time() - since
+            loop.add_reader(fd, readable)
 
         loop.add_reader(fd, readable)
         try:
             return await self._gone
         finally:
+            for handle in resume:
+                handle.cancel()
             loop.remove_reader(fd)
             if self._awaiting_writable:
                 loop.remove_writer(fd)
@@ -366,7 +399,17 @@ class SerialSource:
                 return str(error)
             if chunk:  # empty after cancel_read() from stop()
                 self._receive(chunk, time.time())
+            await self._wait_until_accepting()
         return None
+
+    async def _wait_until_accepting(self) -> None:
+        if self.accepting is None or (self._held is None and self.accepting()):
+            return
+        self.counters["paused"] += 1
+        started = time.monotonic()
+        while not self._stopping and not (self.accepting() and self._deliver_held()):
+            await asyncio.sleep(RESUME_POLL)
+        self.paused_seconds += time.monotonic() - started
 
     def _device_gone(self, reason: str | None) -> None:
         if self._gone is not None and not self._gone.done():
@@ -376,7 +419,20 @@ class SerialSource:
         if self._stopping:
             return
         self.counters["bytes"] += len(chunk)
-        for raw in self._framer.feed(chunk):
+        self._deliver(self._framer.feed(chunk), 0, ts)
+
+    def _deliver(self, lines: list[bytes], start: int, ts: float) -> None:
+        """Hand lines on from `start`; when the sinks stop accepting, hold the rest.
+
+        Checked before every line, so a "block" queue is never offered more than it takes
+        and nothing read from the port is refused.
+        """
+        accepting = self.accepting
+        for index in range(start, len(lines)):
+            if accepting is not None and not accepting():
+                self._held = (lines, index, ts)
+                return
+            raw = lines[index]
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
@@ -394,6 +450,23 @@ class SerialSource:
                     text[:80],
                     exc_info=True,
                 )
+
+    def _deliver_held(self, force: bool = False) -> bool:
+        """Hand on the lines held back; True when none are left. `force` ignores accepting
+        (the port is closing: the sinks' overflow policies decide)."""
+        held, self._held = self._held, None
+        if held is None:
+            return True
+        lines, start, ts = held
+        if force:
+            accepting, self.accepting = self.accepting, None
+            try:
+                self._deliver(lines, start, ts)
+            finally:
+                self.accepting = accepting
+            return True
+        self._deliver(lines, start, ts)
+        return self._held is None
 
     def _receive_frames(self, chunk: bytes, ts: float) -> None:
         if self._stopping:

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Iterator
 import msgpack
 import orjson
 
+from gateway import json_bytes
+
 log = logging.getLogger("gateway.store")
 
 DATABASE_NAME = "buffer.db"
@@ -52,7 +54,7 @@ class EncodeError(StoreError):
 
 def encode_reading(reading: dict) -> bytes:
     try:
-        return orjson.dumps(reading)
+        return json_bytes.dumps(reading)
     except TypeError:
         pass
     try:
@@ -667,6 +669,30 @@ class SinkBuffer:
         self.rows -= len(fresh)
         self.bytes -= sum(size for _, size in fresh)
         return len(fresh)
+
+    def ack_first(self, count: int) -> int:
+        """Delete the oldest `count` rows in flight: delivered, in the order taken."""
+        if count >= len(self.in_flight):
+            return self._ack_in_flight()
+        if count <= 0:
+            return 0
+        done, self.in_flight = self.in_flight[:count], self.in_flight[count:]
+        with self.db.writing() as connection:
+            # Below the last of them are only delivered rows and these: takes go in id order.
+            connection.execute(f"DELETE FROM {self.table} WHERE id <= ?", (done[-1][0],))
+        self.rows -= count
+        self.bytes -= sum(size for _, size in done)
+        self._acked.extend(self.delivered + done)
+        self.delivered = []
+        return count
+
+    def settle_in_flight(self, delivered: Iterable[int]) -> int:
+        """The rows in flight at the `delivered` positions are delivered (deleted); the
+        others come first again, in order. Returns how many were deleted."""
+        ids = [self.in_flight[index][0] for index in delivered if index < len(self.in_flight)]
+        deleted = self.ack(ids) if ids else 0
+        self.fail()
+        return deleted
 
     def _ack_in_flight(self) -> int:
         if not self.in_flight:

@@ -15,8 +15,9 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
+from gateway.core.bounds import DEFAULT_QUEUE_SIZE
 from gateway.store.buffer import (
     DATABASE_NAME,
     BufferDatabase,
@@ -35,6 +36,11 @@ DEFAULT_COMMIT_INTERVAL = 0.05
 CHECKPOINT_INTERVAL = 1.0  # fsync = "batch": the log is synced at most this long after a commit
 MAINTENANCE_INTERVAL = 1.0  # expiry by max_age and store probes
 PROBE_INTERVAL = 5.0  # how often a failed store is tried again
+# Readings a disk queue holds in memory on their way to a commit. Beyond it the queue stops
+# accepting: the sources pause (a line source stops reading its port, a COBS source
+# withholds ACKs) until the disk catches up, so a disk slower than the devices never grows
+# the process.
+WRITE_BACKLOG = 10_000
 
 Item = tuple  # (reading, route)
 
@@ -394,7 +400,7 @@ class MemoryQueue:
 
     def __init__(
         self,
-        capacity: int = 100_000,
+        capacity: int = DEFAULT_QUEUE_SIZE,
         overflow: str = "drop_oldest",
         notify=None,
         fallback_policy: str | None = None,
@@ -409,7 +415,7 @@ class MemoryQueue:
         if fallback_policy:
             self.policy = fallback_policy
         self._items: collections.deque = collections.deque()
-        self._batch: list[Item] = []
+        self._out: collections.deque = collections.deque()  # taken, not yet confirmed
 
     def put(self, item: Item) -> bool:
         items = self._items
@@ -439,21 +445,44 @@ class MemoryQueue:
 
     @property
     def depth(self) -> int:
-        return len(self._items) + len(self._batch)
+        return len(self._items) + len(self._out)
+
+    @property
+    def out(self) -> int:
+        """Items taken by the sink and not yet confirmed or given back."""
+        return len(self._out)
 
     def take_now(self, count: int) -> list[Item]:
         items = self._items
         popleft = items.popleft
-        self._batch = [popleft() for _ in range(min(count, len(items)))]
-        return self._batch
+        batch = [popleft() for _ in range(min(count, len(items)))]
+        self._out.extend(batch)
+        return batch
 
     async def take(self, count: int) -> list[Item]:
         return self.take_now(count)
 
+    def confirm(self, count: int) -> None:
+        out = self._out
+        if count >= len(out):
+            out.clear()
+            return
+        popleft = out.popleft
+        for _ in range(count):
+            popleft()
+
+    def give_back(self, delivered: Collection[int] = ()) -> None:
+        out, self._out = self._out, collections.deque()
+        kept = [item for index, item in enumerate(out) if index not in delivered]
+        if kept:
+            self._items.extendleft(reversed(kept))
+            self.notify()
+
     def release(self, delivered: bool) -> None:
-        batch, self._batch = self._batch, []
-        if not delivered and batch:
-            self._items.extendleft(reversed(batch))
+        if delivered:
+            self.confirm(len(self._out))
+        else:
+            self.give_back()
 
     def sink_failed(self) -> None:
         """Memory only: nothing to move anywhere."""
@@ -468,8 +497,8 @@ class MemoryQueue:
         """What is still in memory is lost with the process (policy "none")."""
 
     def oldest_age(self, now: float) -> float:
-        if self._batch:
-            return _reading_age(self._batch[0], now)
+        if self._out:
+            return _reading_age(self._out[0], now)
         return _reading_age(self._items[0], now) if self._items else 0.0
 
     def stats(self) -> dict[str, Any]:
@@ -500,7 +529,7 @@ class DiskQueue:
         self,
         writer: BufferWriter,
         buffer: SinkBuffer,
-        capacity: int = 100_000,
+        capacity: int = DEFAULT_QUEUE_SIZE,
         notify=None,
     ):
         self.writer = writer
@@ -525,8 +554,16 @@ class DiskQueue:
         self._pending_items: list[Item] = []
         # Posted but not yet committed: (number of the commit that will cover them, items).
         self._uncommitted: collections.deque = collections.deque()
+        self._backlog = 0  # readings put and not yet committed (pending, posted, uncommitted)
+        self.backlog_limit = WRITE_BACKLOG
         self._post_scheduled = False
-        self._batch: str | None = None  # "disk" or "fallback" while a batch is out
+        self._appending = False  # an append of ours is on the writer: later puts gather
+        # What the sink has taken and not yet confirmed, oldest first, as runs of
+        # ["disk" | "fallback", count]: stored rows in flight come before the fallback's.
+        self._out: collections.deque = collections.deque()
+        self._out_count = 0
+        self._unposted_confirms = 0
+        self._confirm_scheduled = False
         writer.queues.append(self)
 
     # -- state -----------------------------------------------------------------------------------
@@ -552,9 +589,16 @@ class DiskQueue:
         return self._ready or self.fallback.ready
 
     @property
+    def out(self) -> int:
+        return self._out_count
+
+    @property
     def accepting(self) -> bool:
+        """False while the disk is behind (write backlog) or a "block" buffer is full."""
         if not self.usable:
             return self.fallback.accepting
+        if self._backlog >= self.backlog_limit:
+            return False
         return self.overflow != "block" or self.bytes < self.max_bytes
 
     def drops(self) -> dict[str, int]:
@@ -580,7 +624,8 @@ class DiskQueue:
         self._pending_items.append(item)
         self._unreported_rows += 1
         self._unreported_bytes += size
-        if not self._post_scheduled:
+        self._backlog += 1
+        if not self._post_scheduled and not self._appending:
             self._post_scheduled = True
             asyncio.get_running_loop().call_soon(self._post_pending)
         return True
@@ -602,6 +647,12 @@ class DiskQueue:
         return accepted
 
     def _post_pending(self, in_flight: bool = False) -> None:
+        """Post what was put since the last post as one append.
+
+        While an append of ours is still on the writer, new puts gather here instead of
+        each becoming an operation: under load the batches grow with the backlog, and the
+        writer's per-operation cost (a snapshot) is paid per batch, not per chunk read.
+        """
         self._post_scheduled = False
         entries, self._pending = self._pending, []
         if not entries:
@@ -611,15 +662,19 @@ class DiskQueue:
         buffer = self.buffer
         sizes = sum(len(body) for body, _route in entries)
         count = len(entries)
+        self._appending = True
 
         def append(db: BufferDatabase) -> tuple:
             buffer.append_encoded(entries, in_flight=in_flight)
             return snapshot(buffer)
 
         def appended(result: Any) -> None:
+            self._appending = False
             self._unreported_rows -= count
             self._unreported_bytes -= sizes
             self._mirror(result)
+            if self._pending and not self._post_scheduled:
+                self._post_pending()
 
         self.writer.post(append, appended)
 
@@ -630,7 +685,9 @@ class DiskQueue:
 
     # -- taking ----------------------------------------------------------------------------------
     async def take(self, count: int) -> list[Item]:
+        """Hand out up to `count` readings; may be called again before they are confirmed."""
         if self._ready:
+            self._post_confirms()  # the writer must see earlier confirmations first
             buffer = self.buffer
 
             def take(db: BufferDatabase) -> tuple:
@@ -643,32 +700,93 @@ class DiskQueue:
                 rows, state = [], None
             self._mirror(state)
             if rows:
-                self._batch = "disk"
+                self._taken("disk", len(rows))
                 return [item for _row_id, item in rows]
         if self.fallback.ready:
-            self._batch = "fallback"
-            return self.fallback.take_now(count)
+            items = self.fallback.take_now(count)
+            self._taken("fallback", len(items))
+            return items
         return []
 
-    def release(self, delivered: bool) -> None:
-        batch, self._batch = self._batch, None
-        if batch == "fallback":
-            self.fallback.release(delivered)
-            if not delivered:
-                self.notify()
+    def _taken(self, origin: str, count: int) -> None:
+        if not count:
             return
-        if batch != "disk":
+        if self._out and self._out[-1][0] == origin:
+            self._out[-1][1] += count
+        else:
+            self._out.append([origin, count])
+        self._out_count += count
+
+    def confirm(self, count: int) -> None:
+        """The oldest `count` readings handed out are delivered."""
+        count = min(count, self._out_count)
+        self._out_count -= count
+        out = self._out
+        while count:
+            run = out[0]
+            done = min(count, run[1])
+            if run[0] == "disk":
+                self._unposted_confirms += done
+            else:
+                self.fallback.confirm(done)
+            run[1] -= done
+            count -= done
+            if not run[1]:
+                out.popleft()
+        if self._unposted_confirms and not self._confirm_scheduled:
+            self._confirm_scheduled = True
+            asyncio.get_running_loop().call_soon(self._post_confirms)
+
+    def _post_confirms(self) -> None:
+        """Post the confirmations gathered in this loop step as one deletion."""
+        self._confirm_scheduled = False
+        count, self._unposted_confirms = self._unposted_confirms, 0
+        if not count:
             return
         buffer = self.buffer
+        self.writer.post(lambda db: (buffer.ack_first(count), snapshot(buffer))[1], self._mirror)
+
+    def give_back(self, delivered: Collection[int] = ()) -> None:
+        """Every reading handed out comes first again, except those at `delivered` positions."""
+        self._post_confirms()
+        runs, self._out = self._out, collections.deque()
+        self._out_count = 0
+        start = 0
+        for origin, count in runs:
+            local = {index - start for index in delivered if start <= index < start + count}
+            start += count
+            if origin == "fallback":
+                self.fallback.give_back(local)
+            else:
+                self._settle_rows(sorted(local))
+        self.notify()
+
+    def _settle_rows(self, delivered: list[int]) -> None:
+        buffer = self.buffer
+
+        def settle(db: BufferDatabase) -> tuple:
+            buffer.settle_in_flight(delivered)
+            return snapshot(buffer)
+
+        self.writer.post(settle, self._mirror, bool(delivered))
+
+    def release(self, delivered: bool) -> None:
         if delivered:
-            self.writer.post(lambda db: (buffer.ack(), snapshot(buffer))[1], self._mirror)
+            self.confirm(self._out_count)
         else:
-            self.writer.post(lambda db: (buffer.fail(), snapshot(buffer))[1], self._mirror, False)
+            self.give_back()
 
     def adopt_in_flight(self, items: list[Item]) -> None:
-        """Store a batch a sink is sending from memory right now, as this queue's batch."""
+        """Store readings a sink took from memory and is sending now, as handed out here."""
+        if not items:
+            return
+        if not self.usable:
+            self.fallback._out.extend(items)
+            self._taken("fallback", len(items))
+            return
         self.put_many(items, in_flight=True)
-        self._batch = "disk" if self.usable else None
+        self._out.appendleft(["disk", len(items)])  # older than anything stored
+        self._out_count += len(items)
 
     # -- results from the writer -------------------------------------------------------------
     def _mirror(self, state: Any) -> None:
@@ -684,7 +802,7 @@ class DiskQueue:
     def _on_commit(self, state: Any, number: int) -> None:
         uncommitted = self._uncommitted
         while uncommitted and uncommitted[0][0] <= number:
-            uncommitted.popleft()
+            self._backlog -= len(uncommitted.popleft()[1])
         self._mirror(state)
 
     def _on_store_failed(self) -> None:
@@ -695,6 +813,7 @@ class DiskQueue:
         self._uncommitted.clear()
         self._pending, self._pending_items = [], []
         self._unreported_rows = self._unreported_bytes = 0
+        self._backlog = 0
         for item in lost:
             self._to_fallback(item)
         buffer = self.buffer
@@ -757,7 +876,7 @@ class SpillQueue:
 
     policy = "spill"
 
-    def __init__(self, disk: DiskQueue, capacity: int = 100_000, notify=None):
+    def __init__(self, disk: DiskQueue, capacity: int = DEFAULT_QUEUE_SIZE, notify=None):
         self.disk = disk
         self.capacity = max(1, int(capacity))
         self.notify = notify or (lambda: None)
@@ -765,8 +884,6 @@ class SpillQueue:
         self.memory = MemoryQueue(self.capacity, disk.overflow)
         self.spilled = 0
         self._down = False
-        self._batch: str | None = None  # "memory" or "disk" while a batch is out
-        self._batch_items: list[Item] = []
         # The hot path's one test: readings go to memory (the disk part is empty and the
         # sink is not failing). Cleared on a spill; set again once the disk part drained.
         self._in_memory = self._disk_empty()
@@ -780,7 +897,7 @@ class SpillQueue:
 
     @property
     def ready(self) -> bool:
-        return self.memory.ready or self.disk.ready
+        return (self.memory.ready and not self.disk.out) or self.disk.ready
 
     @property
     def accepting(self) -> bool:
@@ -789,7 +906,7 @@ class SpillQueue:
         return self.memory.accepting
 
     def _disk_empty(self) -> bool:
-        return not self.disk.depth and self.disk._batch is None
+        return not self.disk.depth and not self.disk.out
 
     def put(self, item: Item) -> bool:
         items = self.memory._items
@@ -813,40 +930,53 @@ class SpillQueue:
         return self.disk.put(item)
 
     def _spill(self) -> None:
-        """Move what waits in memory (and a batch being sent from it) to disk, in order."""
+        """Move what waits in memory (and what the sink is sending from it) to disk, in order."""
         self._in_memory = False
-        if self._batch == "memory":
-            self.disk.adopt_in_flight(self._batch_items)
-            self.memory._batch = []  # the batch's outcome now goes to the disk rows
-            self._batch = "disk"
-            self.spilled += len(self._batch_items)
+        out = list(self.memory._out)
+        if out:
+            self.memory._out.clear()  # their outcome now goes to the disk rows
+            self.disk.adopt_in_flight(out)
+            self.spilled += len(out)
         waiting = list(self.memory._items)
         if waiting:
             self.memory._items.clear()
             self.disk.put_many(waiting)
             self.spilled += len(waiting)
 
+    @property
+    def out(self) -> int:
+        return self.memory.out + self.disk.out
+
+    # What the sink holds comes from memory or from disk, never from both: memory takes
+    # turns only once the disk part (out rows included) is empty, and a spill moves what
+    # memory handed out to disk.
     async def take(self, count: int) -> list[Item]:
-        if self.memory.ready:
-            self._batch = "memory"
-            self._batch_items = self.memory.take_now(count)
-            return self._batch_items
-        items = await self.disk.take(count)
-        self._batch = "disk" if items else None
-        return items
+        if self.memory.ready and not self.disk.out:
+            return self.memory.take_now(count)
+        return await self.disk.take(count)
+
+    def confirm(self, count: int) -> None:
+        if self.memory.out:
+            self.memory.confirm(count)
+        else:
+            self.disk.confirm(count)
+
+    def give_back(self, delivered: Collection[int] = ()) -> None:
+        if self.memory.out:
+            self.memory.give_back(delivered)
+        else:
+            self.disk.give_back(delivered)
 
     def release(self, delivered: bool) -> None:
-        batch, self._batch = self._batch, None
-        self._batch_items = []
-        if batch == "memory":
-            self.memory.release(delivered)
-        elif batch == "disk":
-            self.disk.release(delivered)
+        if delivered:
+            self.confirm(self.out)
+        else:
+            self.give_back()
 
     def sink_failed(self) -> None:
         self._down = True
         self._in_memory = False
-        if self.memory.depth and self.disk.writer.healthy and self._batch is None:
+        if self.memory.depth and self.disk.writer.healthy:
             self._spill()
 
     def sink_recovered(self) -> None:
@@ -857,7 +987,7 @@ class SpillQueue:
 
     async def close(self) -> None:
         """At a clean stop what waits in memory goes to disk, so a restart sends it."""
-        if self.memory.depth and self.disk.writer.healthy and self._batch is None:
+        if self.memory.depth and self.disk.writer.healthy:
             self._spill()
         await self.disk.close()
 

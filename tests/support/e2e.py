@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -364,3 +365,50 @@ def percentile(values: list[float], fraction: float) -> float:
 
 def free_udp_port() -> int:
     return free_port(socket.SOCK_DGRAM)
+
+
+class PtyFlood:
+    """Writes pre-made bytes into a pty device as fast as the pty takes them, in a thread.
+
+    `full` is set the first time the pty is full (the gateway stopped reading: backpressure)
+    and `full_waits` counts those waits; `done` is set once every byte is written.
+    """
+
+    def __init__(self, device: VirtualSerialDevice, data: bytes, chunk: int = 65536):
+        self.device = device
+        self.data = data
+        self.chunk = chunk
+        self.written = 0
+        self.full_waits = 0
+        self.full = threading.Event()
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def start(self) -> PtyFlood:
+        self._thread.start()
+        return self
+
+    def _write(self) -> None:
+        fd = self.device.master
+        view = memoryview(self.data)
+        while self.written < len(view):
+            try:
+                self.written += os.write(fd, view[self.written : self.written + self.chunk])
+            except BlockingIOError:
+                self.full_waits += 1
+                self.full.set()
+                select.select([], [fd], [], 0.5)
+        self.done.set()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"only {self.written} of {len(self.data)} bytes taken by the pty")
+
+
+def counter_lines(count: int) -> bytes:
+    """`count` JSON lines `{"n": i, ...}` of about 70 bytes, made before any clock starts."""
+    return b"".join(
+        b'{"n":%d,"temperature":21.5,"humidity":40.25,"pressure":1013.2}\n' % index
+        for index in range(count)
+    )
