@@ -24,6 +24,7 @@ from gateway.sources.simulator import VirtualSerialDevice
 from gateway.store.buffer import encode_reading
 from tests.support.broker import Subscriber
 from tests.support.far_side import FarSide
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -123,15 +124,6 @@ class RunningGateway:
         return self.gateway.sinks[name]
 
 
-async def wait_until(predicate, timeout: float, what: str) -> None:
-    """Poll gateway state (no event exists for it) until predicate() holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def received(subscriber: Subscriber) -> list[dict]:
     return [json.loads(payload) for _topic, payload, _at in subscriber.messages]
 
@@ -176,14 +168,14 @@ def test_max_bytes_reached_keeps_exactly_what_the_policy_says(
         try:
             async with RunningGateway(text, tmp_path / "var") as running:
                 sink = running.sink()
-                await wait_until(lambda: sink.counters["failures"] >= 1, 10, "the broker down")
+                await eventually(lambda: sink.counters["failures"] >= 1, 10, "the broker down")
                 running.feed(50)
                 assert await running.ingest.settle()  # dropping is the policy: nothing refused
-                await wait_until(lambda: sink.stats()["buffer"]["disk"] == 20, 10, "20 stored")
+                await eventually(lambda: sink.stats()["buffer"]["disk"] == 20, 10, "20 stored")
                 stats = sink.stats()["buffer"]
                 far.mode = "forward"
-                await wait_until(lambda: sink.counters["delivered"] == 20, 20, "delivery")
-                await wait_until(lambda: sink.stats()["buffer"]["depth"] == 0, 10, "empty")
+                await eventually(lambda: sink.counters["delivered"] == 20, 20, "delivery")
+                await eventually(lambda: sink.stats()["buffer"]["depth"] == 0, 10, "empty")
         finally:
             await far.close()
         return stats
@@ -216,11 +208,11 @@ def test_block_refuses_beyond_max_bytes_and_settle_says_do_not_acknowledge(broke
                 assert ingest.counters["refused"] == 5
                 drops = sink.stats()["buffer"]["drops"]
                 far.mode = "forward"
-                await wait_until(lambda: sink.counters["delivered"] == 10, 20, "delivery")
-                await wait_until(lambda: ingest.accepting(), 10, "room again")
+                await eventually(lambda: sink.counters["delivered"] == 10, 20, "delivery")
+                await eventually(lambda: ingest.accepting(), 10, "room again")
                 running.feed(3)
                 assert await ingest.settle()
-                await wait_until(lambda: sink.counters["delivered"] == 13, 20, "the rest")
+                await eventually(lambda: sink.counters["delivered"] == 13, 20, "the rest")
         finally:
             await far.close()
         return drops
@@ -284,14 +276,14 @@ def test_a_full_disk_falls_back_to_memory_then_recovers_and_nothing_is_lost(brok
                 running.feed(100, pad)  # more while full: memory
                 settled_while_full = await running.ingest.settle()
                 total = running.fed
-                await wait_until(lambda: len(udp.seqs) == total, 10, "udp to keep flowing")
+                await eventually(lambda: len(udp.seqs) == total, 10, "udp to keep flowing")
                 fallback = sink.stats()["buffer"]["memory_fallback"]
                 filler.unlink()
-                await wait_until(
+                await eventually(
                     lambda: gateway.health()["components"]["store"] == "ok", 10, "recovery"
                 )
                 far.mode = "forward"
-                await wait_until(lambda: sink.counters["delivered"] >= total, 30, "delivery")
+                await eventually(lambda: sink.counters["delivered"] >= total, 30, "delivery")
         finally:
             await far.close()
             transport.close()
@@ -325,7 +317,7 @@ def test_a_read_only_data_directory_runs_from_memory_and_says_so(broker, tmp_pat
                 running.feed(30)
                 safe = await running.ingest.settle()
                 sink = running.sink()
-                await wait_until(lambda: sink.counters["delivered"] == 30, 20, "delivery")
+                await eventually(lambda: sink.counters["delivered"] == 30, 20, "delivery")
                 stats = sink.stats()["buffer"]
         finally:
             await far.close()
@@ -360,12 +352,12 @@ def test_a_hanging_broker_keeps_readings_on_disk_while_udp_flows(broker, tmp_pat
                 sink = running.sink()
                 running.feed(300)
                 assert await running.ingest.settle()  # on disk: safe to acknowledge
-                await wait_until(lambda: sink.breaker.state == OPEN, 10, "the breaker to open")
-                await wait_until(lambda: len(udp.seqs) == 300, 10, "udp")
+                await eventually(lambda: sink.breaker.state == OPEN, 10, "the breaker to open")
+                await eventually(lambda: len(udp.seqs) == 300, 10, "udp")
                 on_disk = sink.stats()["buffer"]["disk"]
                 far.mode = "forward"
-                await wait_until(lambda: sink.counters["delivered"] == 300, 20, "delivery")
-                await wait_until(lambda: sink.stats()["buffer"]["depth"] == 0, 10, "empty")
+                await eventually(lambda: sink.counters["delivered"] == 300, 20, "delivery")
+                await eventually(lambda: sink.stats()["buffer"]["depth"] == 0, 10, "empty")
         finally:
             await far.close()
             transport.close()

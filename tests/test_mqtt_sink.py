@@ -16,6 +16,7 @@ import pytest
 from gateway.sinks.base import SinkError
 from gateway.sinks.mqtt import MqttSink
 from tests.support.broker import Broker, PersistentBroker, ProcessSubscriber, Subscriber, free_port
+from tests.support.waiting import eventually
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST_RETRY = {"base": 0.05, "cap": 0.3}
@@ -35,16 +36,6 @@ def reading(seq: int, device: str = "dev-1", stream: str = "env", gateway: str =
 def make_sink(url: str, gateway: str = "t", **options) -> MqttSink:
     options = {"type": "mqtt", "url": url, "retry": FAST_RETRY, **options}
     return MqttSink("mqtt", options, gateway)
-
-
-async def eventually(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll a condition that has no event of its own (sink counters, connection state)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def received(subscriber, predicate, timeout: float = 20.0) -> None:
@@ -119,7 +110,7 @@ def test_qos0_delivers_after_writing(broker):
         async with Running(make_sink(broker.url, qos=0)) as sink:
             for seq in range(count):
                 sink.offer(reading(seq), {})
-            await eventually(lambda: sink.counters["delivered"] == count)
+            await eventually(lambda: sink.counters["sent_qos0"] == count)
             await received(subscriber, lambda m: len(m) >= count)
         return sink
 
@@ -127,6 +118,8 @@ def test_qos0_delivers_after_writing(broker):
     subscriber.close()
     assert sorted(seqs(subscriber.messages)) == list(range(count))
     assert sink.counters["acked"] == 2  # only availability online/offline ask for a PUBACK
+    assert sink.counters["delivered"] == 0  # written is sent, not confirmed delivered
+    assert sink.depth == 0  # and never sent again
 
 
 def test_topic_template_and_route_overrides(broker):
@@ -228,7 +221,8 @@ def test_unencodable_reading_is_dropped_counted_and_logged_without_losing_others
             for item in (reading(0), bad, reading(2)):
                 sink.offer(item, {})
             await received(subscriber, lambda m: len(m) >= 2)
-            await eventually(lambda: sink.counters["delivered"] == 3)
+            await eventually(lambda: sink.counters["delivered"] == 2)
+            assert sink.depth == 0  # the bad one is through too: dropped, not retried
         return sink
 
     with caplog.at_level(logging.WARNING, logger="gateway.sinks.mqtt"):
@@ -343,7 +337,7 @@ def test_broker_restart_mid_stream_loses_nothing(persistent_broker):
     count = 20000
 
     async def scenario() -> MqttSink:
-        async with Running(make_sink(broker.url, max_batch=200)) as sink:
+        async with Running(make_sink(broker.url, max_batch=200, queue_size=count)) as sink:
             for seq in range(count):
                 sink.offer(reading(seq), {})
             await eventually(lambda: sink.counters["delivered"] >= 2000, what="first readings")
@@ -540,49 +534,65 @@ def test_options_are_checked_when_the_sink_is_built():
     assert (sink.username, sink.password, sink.client_id) == ("user", "p@ss", "g-x")
 
 
-def test_send_returns_only_after_every_puback(broker):
-    async def scenario() -> None:
+def test_delivered_counts_only_acknowledged_readings(broker):
+    subscriber = Subscriber(broker.port, "gw/t/+/env")
+
+    async def scenario() -> MqttSink:
         sink = make_sink(broker.url, ack_timeout=0.5, keepalive=60, availability=False)
-        await sink.open()
-        sink.connected = True
-        await sink.send([(reading(seq), {}) for seq in range(3)])  # a live broker acks
-        assert sink.counters["acked"] == 3
-        os.kill(broker.process.pid, signal.SIGSTOP)  # the kernel still takes our bytes
-        try:
-            with pytest.raises(SinkError, match="did not acknowledge 10 of 10 messages"):
-                await sink.send([(reading(seq), {}) for seq in range(10)])
-        finally:
-            os.kill(broker.process.pid, signal.SIGCONT)
-        assert not sink.connected
-        with pytest.raises(SinkError, match="not connected"):
-            await sink.send([(reading(99), {})])
-        await sink.close()
+        async with Running(sink):
+            for seq in range(3):
+                sink.offer(reading(seq), {})
+            await eventually(lambda: sink.counters["delivered"] == 3, what="first PUBACKs")
+            os.kill(broker.process.pid, signal.SIGSTOP)  # the kernel still takes our bytes
+            try:
+                for seq in range(3, 13):
+                    sink.offer(reading(seq), {})
+                await eventually(lambda: sink.counters["failures"] >= 1, what="ack timeout")
+                assert sink.counters["delivered"] == 3 and sink.depth == 10
+            finally:
+                os.kill(broker.process.pid, signal.SIGCONT)
+            await eventually(lambda: sink.counters["delivered"] == 13, what="the rest")
+            await received(subscriber, lambda m: len(set(seqs(m))) == 13)
+        return sink
 
     asyncio.run(scenario())
+    subscriber.close()
+    assert set(seqs(subscriber.messages)) == set(range(13))
 
 
-def test_inflight_window_packet_id_wrap_and_qos2(broker):
-    subscriber = Subscriber(broker.port, "gw/t/#", qos=2)
-    qos2 = {"sink": "mqtt", "qos": 2, "topic": "gw/{gateway}/q2/{device}"}
+def test_inflight_window_and_packet_id_wrap(broker):
+    subscriber = Subscriber(broker.port, "gw/t/#")
 
     async def scenario() -> MqttSink:
         sink = make_sink(broker.url, max_inflight=7, availability=False)
-        sink._packet_id = 65530  # the next ids run through 65535 and wrap to 1, never 0
+        sink.session._last_id = 65530  # the next ids run through 65535 and wrap to 1, never 0
         async with Running(sink):
             for seq in range(50):
                 sink.offer(reading(seq), {})
-            for seq in range(50, 55):
-                sink.offer(reading(seq), qos2)
-            await eventually(lambda: sink.counters["delivered"] == 55)
-            await received(subscriber, lambda m: len(m) >= 55)
+            await eventually(lambda: sink.counters["delivered"] == 50)
+            assert sink.session.inflight == 0
+            await received(subscriber, lambda m: len(m) >= 50)
         return sink
 
     sink = asyncio.run(scenario())
     subscriber.close()
-    assert seqs(subscriber.messages) == list(range(55))
-    assert [topic for topic, _, _ in subscriber.messages[50:]] == ["gw/t/q2/dev-1"] * 5
-    assert sink.counters["acked"] == 55  # PUBACKs and, for QoS 2, PUBCOMPs
+    assert seqs(subscriber.messages) == list(range(50))
+    assert sink.counters["acked"] == 50
     assert sink.counters["failures"] == 0
+
+
+def test_a_qos2_route_is_refused_and_its_readings_counted(broker):
+    """QoS 2 is not supported (the config refuses it); a route asking for it drops, counted."""
+
+    async def scenario() -> MqttSink:
+        async with Running(make_sink(broker.url, availability=False)) as sink:
+            sink.offer(reading(0), {"qos": 2})
+            sink.offer(reading(1), {})
+            await eventually(lambda: sink.counters["delivered"] == 1 and sink.depth == 0)
+        return sink
+
+    sink = asyncio.run(scenario())
+    assert sink.counters["dropped_bad_route"] == 1
 
 
 def test_connecting_cancelled_while_waiting_for_connack_closes_the_connection():

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from gateway.core.backoff import Backoff
+from gateway.core.bounds import DEFAULT_QUEUE_SIZE
 from gateway.core.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from gateway.store.queues import MemoryQueue
 from gateway.throttled_log import ThrottledLog
@@ -23,10 +24,20 @@ Item = tuple
 DEFAULT_SEND_TIMEOUT = 10.0
 STOP_TIMEOUT = 2.0  # how long stop() waits for the sender task to hand its batch back
 REOPEN_LOG_INTERVAL = 300.0  # a long outage is reported this often, not at every probe
+RECONNECT_CAP = 1.0  # the longest wait between connects that were refused
 
 
 class SinkError(Exception):
     """The sink could not deliver; the items handed to send() must be retried."""
+
+
+class ConnectRefused(SinkError):
+    """Nothing listens at the far side (the connection was refused at once).
+
+    A retry costs one refused connect, so it does not count toward the breaker and comes
+    within RECONNECT_CAP: a broker restarting for a few seconds is back in use within about
+    a second of answering, instead of after the breaker's reset time.
+    """
 
 
 class Sink:
@@ -50,7 +61,7 @@ class Sink:
         self.name = name
         self.options = options
         self.gateway_id = gateway_id
-        self.capacity = int(options.get("queue_size", 100_000))
+        self.capacity = int(options.get("queue_size", DEFAULT_QUEUE_SIZE))
         self.max_batch = int(options.get("max_batch", 500))
         self.overflow = (options.get("buffer") or {}).get("overflow", "drop_oldest")
         self.send_timeout = float(options.get("send_timeout", DEFAULT_SEND_TIMEOUT))
@@ -171,6 +182,7 @@ class Sink:
             log.debug("sink %s close: %s", self.name, error)
         self.connected = False
         await self._wait_for_sender()
+        self._give_back_out()
         await self.queue.close()
 
     # -- for subclasses ------------------------------------------------------------------
@@ -187,6 +199,12 @@ class Sink:
 
     async def close(self) -> None:
         """Release the connection."""
+
+    def _give_back_out(self) -> None:
+        """At a stop, what was taken and never confirmed goes back to the queue (which keeps
+        it for the next run as far as its policy does)."""
+        if self.queue.out:
+            self.queue.give_back()
 
     # -- internals -----------------------------------------------------------------------
     async def _deliver_until_failure(self) -> None:
@@ -293,8 +311,11 @@ class Sink:
         except Exception:
             pass
         self.queue.sink_failed()
-        self.breaker.failure()
-        delay = 0.0 if self.breaker.state == OPEN else self.backoff.next()
+        if isinstance(error, ConnectRefused) and self.breaker.state != HALF_OPEN:
+            delay = min(self.backoff.next(), RECONNECT_CAP)
+        else:
+            self.breaker.failure()
+            delay = 0.0 if self.breaker.state == OPEN else self.backoff.next()
         self._retry_at = asyncio.get_running_loop().time() + delay
 
     async def _pause(self, seconds: float) -> None:

@@ -1,8 +1,10 @@
-"""MQTT sink: publishes readings to a broker through a small asyncio MQTT 3.1.1 client."""
+"""MQTT sink: an asyncio driver of the sans-I/O session in gateway.core.mqtt_session."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
 import logging
 import socket
@@ -10,9 +12,10 @@ import ssl
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
-from gateway.core import mqtt
+from gateway.core import compat, mqtt
+from gateway.core.mqtt_session import CONNECTED, LOST, REFUSED, MqttSession, WindowFull
 from gateway.core.routing import check_topic_template, render_topic
-from gateway.sinks.base import Item, Sink, SinkError
+from gateway.sinks.base import ConnectRefused, Item, Sink, SinkError
 from gateway.sinks.encoding import encoder
 
 log = logging.getLogger("gateway.sinks.mqtt")
@@ -24,9 +27,11 @@ STATUS_TOPIC = "gw/{gateway}/status"
 CONNACK_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 TOPIC_CACHE_LIMIT = 4096
-MAX_PACKET_ID = mqtt.MAX_PACKET_ID
-DEFAULT_MAX_BATCH = 2000  # readings per send(); the base's default is 500
-WRITE_CHUNK = 16384  # bytes handed to the socket at a time within one send()
+DEFAULT_MAX_INFLIGHT = 1000
+# The in-flight window's byte bound: what a slow broker link can make us hold (the session
+# keeps each unacknowledged packet for its resend).
+MAX_INFLIGHT_BYTES = 1024 * 1024
+FLUSH_EVERY = 64  # messages encoded between writes, so the broker works while we encode
 
 
 def parse_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
@@ -72,7 +77,7 @@ def _quickack(transport: asyncio.BaseTransport) -> Callable[[], None] | None:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection: received bytes go straight through the codec.
+    """One TCP (or TLS) connection; received bytes go straight to the sink's session.
 
     A protocol rather than a stream reader and a task: PUBACKs are handled in the same event
     loop step that reads them, which matters at tens of thousands per second.
@@ -80,15 +85,12 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.transport: asyncio.Transport | None = None
-        self.packets = mqtt.PacketReader()
-        self.first_packet: asyncio.Future = loop.create_future()  # CONNACK, before the session
         self.closed: asyncio.Future = loop.create_future()
-        self.on_packets: Callable[[list], None] | None = None
+        self.paused = False  # the transport's buffer is above its high-water mark
+        self.on_data: Callable[[bytes], None] | None = None
         self.on_lost: Callable[[str], None] | None = None
-        self._loop = loop
+        self.on_resume: Callable[[], None] | None = None
         self._failure: str | None = None
-        self._paused = False
-        self._drain_waiter: asyncio.Future | None = None
         self._quickack: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,15 +100,12 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._quickack is not None:
             self._quickack()
-        try:
-            packets = self.packets.feed(data)
-        except mqtt.MqttProtocolError as error:
-            self.fail(f"the broker sent invalid MQTT: {error}")
-            return
-        if packets and not self.first_packet.done():
-            self.first_packet.set_result(packets.pop(0))
-        if packets and self.on_packets is not None:
-            self.on_packets(packets)
+        if self.on_data is not None:
+            self.on_data(data)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed.done():
+            self.transport.write(data)
 
     def fail(self, reason: str) -> None:
         """Close the connection, remembering why."""
@@ -116,41 +115,18 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._failure or (str(exc) if exc else "") or "the broker closed the connection"
-        for future in (self.first_packet, self._drain_waiter):
-            if future is not None and not future.done():
-                future.set_exception(ConnectionError(reason))
-                future.exception()  # retrieved: nobody may be waiting any more
         if not self.closed.done():
             self.closed.set_result(None)
         if self.on_lost is not None:
             self.on_lost(reason)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait while the transport's buffer is above its high-water mark."""
-        if self.closed.done():
-            raise ConnectionError(self._failure or "the connection is closed")
-        if not self._paused:
-            return
-        self._drain_waiter = self._loop.create_future()
-        await self._drain_waiter
-
-
-class _AckGroup:
-    """The PUBACKs still awaited for one write; done resolves when the last one arrives."""
-
-    __slots__ = ("remaining", "done")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.remaining = 0
-        self.done: asyncio.Future = loop.create_future()
+        self.paused = False
+        if self.on_resume is not None:
+            self.on_resume()
 
 
 class _Settings:
@@ -178,17 +154,18 @@ def _max_readings(batch: Any) -> int:
 class MqttSink(Sink):
     """Publishes each reading (or each batch of readings) to an MQTT broker.
 
-    QoS 1 messages count as delivered only once the broker's PUBACK arrived. The PUBLISH
-    packets of one send() are written in a few large chunks as they are encoded (so the broker
-    works while we encode) and their PUBACKs are awaited together.
+    The session (gateway.core.mqtt_session) holds the protocol state; this driver keeps its
+    in-flight window full: it takes readings from the queue whenever the window has room,
+    and each PUBACK releases its own readings, so the queue confirms them as soon as every
+    older one is confirmed too. Messages unacknowledged when a connection dies stay in the
+    session and are sent again (DUP) on the next connection: only those, once each. QoS 0
+    readings count as sent (`sent_qos0`) once written, never as delivered.
     """
 
     kind = "mqtt"
 
     def __init__(self, name: str, options: dict[str, Any], gateway_id: str):
         super().__init__(name, options, gateway_id)
-        # One send() is one round of PUBACKs; bigger rounds amortise the wait for the last one.
-        self.max_batch = int(options.get("max_batch", DEFAULT_MAX_BATCH))
         url = options.get("url") or DEFAULT_URL
         try:
             self.host, self.port, self.tls, url_user, url_password = parse_url(url)
@@ -205,10 +182,13 @@ class MqttSink(Sink):
         self.username = options.get("username") or url_user
         self.password = options.get("password") or url_password
         self.keepalive = float(options.get("keepalive", 30.0))
+        # A PUBACK is the answer to a send: the base's send_timeout bounds the wait too.
         self.ack_timeout = float(options.get("ack_timeout") or max(self.keepalive, 10.0))
+        if self.send_timeout > 0:
+            self.ack_timeout = min(self.ack_timeout, self.send_timeout)
         self.connect_timeout = float(options.get("connect_timeout") or CONNACK_TIMEOUT)
         self.max_inflight = min(
-            mqtt.MAX_PACKET_ID - 1, max(1, int(options.get("max_inflight", 65534)))
+            mqtt.MAX_PACKET_ID, max(1, int(options.get("max_inflight") or DEFAULT_MAX_INFLIGHT))
         )
         self.availability = bool(options.get("availability", True))
         self.status_topic = (options.get("status_topic") or STATUS_TOPIC).replace(
@@ -230,20 +210,49 @@ class MqttSink(Sink):
             options.get("encoding") or "json",
             _max_readings(options.get("batch")),
         )
-        self.counters["published"] = 0
-        self.counters["acked"] = 0
+        self.session = self._new_session()
+        for counter in ("published", "acked", "resent", "sent_qos0"):
+            self.counters[counter] = 0
         self._settings_cache: dict[tuple, _Settings] = {}
         self._route_errors: set[str] = set()
         self._topic_cache: dict[tuple, str] = {}
-        self._publish = mqtt.PublishEncoder()
-        self._packet_id = 0
-        self._inflight: dict[int, _AckGroup] = {}
         self._connection: _Connection | None = None
-        self._keepalive_task: asyncio.Task | None = None
+        self._connack: asyncio.Future | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0  # the session tick the timer is set for
         self._lost: str | None = "not connected yet"
         self._reported: str | None = None
-        self._last_write = 0.0
-        self._ping_sent_at: float | None = None
+        self._raw_waiters: set[asyncio.Future] = set()
+        # The readings taken from the queue and not yet confirmed to it, by position: the
+        # first has absolute number _base; _done[i] says whether reading _base + i is
+        # through (acknowledged, sent at QoS 0 or dropped). Messages made from them that
+        # still wait for room in the window are in _unsent.
+        self._base = 0
+        self._done: collections.deque = collections.deque()
+        self._unsent: collections.deque = collections.deque()
+        self._qos0_written: list[Any] = []
+
+    def _new_session(self) -> MqttSession:
+        will = {}
+        if self.availability:
+            will = {
+                "will_topic": self.status_topic,
+                "will_payload": b"offline",
+                "will_qos": 1,
+                "will_retain": True,
+            }
+        password = self.password.encode() if isinstance(self.password, str) else self.password
+        return MqttSession(
+            self.client_id,
+            keepalive=int(round(self.keepalive)),
+            clean_session=True,
+            username=self.username,
+            password=password,
+            max_inflight=self.max_inflight,
+            max_inflight_bytes=MAX_INFLIGHT_BYTES,
+            ack_timeout_ms=int(self.ack_timeout * 1000),
+            **will,
+        )
 
     @property
     def address(self) -> str:
@@ -252,40 +261,50 @@ class MqttSink(Sink):
     # -- connection ------------------------------------------------------------------------
     async def open(self) -> None:
         connection = await self._connect_transport()
+        loop = asyncio.get_running_loop()
+        self._connection = connection
+        self._lost = None
+        self._connack = loop.create_future()
+        connection.on_data = self._on_data
+        connection.on_lost = functools.partial(self._on_connection_lost, connection)
+        connection.on_resume = self._wakeup.set
+        self.session.connect(compat.ticks_ms())
+        self._flush()
         try:
-            connection.transport.write(self._connect_packet())
-            connack = await asyncio.wait_for(connection.first_packet, self.connect_timeout)
+            event = await asyncio.wait_for(asyncio.shield(self._connack), self.connect_timeout)
         except (OSError, asyncio.TimeoutError) as error:
-            connection.fail("no CONNACK")
+            self._end_connection("no CONNACK")
             reason = str(error) or type(error).__name__
             raise self._failure(
                 f"MQTT broker at {self.address} did not answer CONNECT ({reason})"
             ) from error
         except BaseException:  # cancelled (the sink's send_timeout, or a stop): no leak
-            connection.fail("connecting cancelled")
+            self._end_connection("connecting cancelled")
             raise
-        if connack.type != mqtt.CONNACK:
-            connection.fail("no CONNACK")
-            raise self._failure(f"MQTT broker at {self.address} sent {connack.name} before CONNACK")
-        if connack.return_code:
-            connection.fail("connection refused")
-            reason = mqtt.CONNACK_REASONS.get(connack.return_code, "unknown reason")
+        if event.kind == REFUSED:
+            self._end_connection("connection refused")
             raise self._failure(
-                f"MQTT broker at {self.address} refused the connection: {reason} "
-                f"(CONNACK code {connack.return_code}); check sinks.{self.name}"
+                f"MQTT broker at {self.address} refused the connection: {event.reason} "
+                f"(CONNACK code {event.return_code}); check sinks.{self.name}"
                 ".username/password/client_id",
                 level=logging.ERROR,
             )
-        self._start_session(connection)
+        # The session queued its unacknowledged messages again with the CONNACK.
+        resent = self.session.counters["resent"] - self.counters["resent"]
+        self.counters["resent"] += resent
         if self.availability:
-            await self.publish_raw(self.status_topic, b"online", qos=1, retain=True)
+            self.session.publish(self.status_topic, b"online", 1, True, None, compat.ticks_ms())
+            self.counters["published"] += 1
+        self._flush()
+        self._arm_timer()
         self._reported = None
         log.info(
-            "sink %s: connected to MQTT broker at %s as %r; %d readings queued",
+            "sink %s: connected to MQTT broker at %s as %r; %d readings queued%s",
             self.name,
             self.address,
             self.client_id,
             self.depth,
+            f", {resent} unacknowledged sent again" if resent else "",
         )
 
     async def _connect_transport(self) -> _Connection:
@@ -310,58 +329,31 @@ class MqttSink(Sink):
             ) from error
         except (OSError, asyncio.TimeoutError) as error:
             reason = getattr(error, "strerror", None) or str(error) or "timed out"
+            kind = ConnectRefused if isinstance(error, ConnectionRefusedError) else SinkError
             raise self._failure(
                 f"no MQTT broker answers at {self.address}; readings are kept queued and "
-                f"retried ({reason})"
+                f"retried ({reason})",
+                kind=kind,
             ) from error
-
-    def _connect_packet(self) -> bytes:
-        will = {}
-        if self.availability:
-            will = {
-                "will_topic": self.status_topic,
-                "will_payload": b"offline",
-                "will_qos": 1,
-                "will_retain": True,
-            }
-        return mqtt.connect(
-            self.client_id,
-            keepalive=int(round(self.keepalive)),
-            clean_session=True,
-            username=self.username,
-            password=self.password.encode() if isinstance(self.password, str) else self.password,
-            **will,
-        )
-
-    def _start_session(self, connection: _Connection) -> None:
-        self._connection = connection
-        self._lost = None
-        self._ping_sent_at = None
-        self._last_write = asyncio.get_running_loop().time()
-        connection.on_packets = self._on_packets
-        connection.on_lost = functools.partial(self._on_connection_lost, connection)
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()  # one keepalive loop per session
-            self._keepalive_task = None
-        if self.keepalive > 0:
-            self._keepalive_task = asyncio.create_task(self._keepalive_loop())
 
     def _on_connection_lost(self, connection: _Connection, reason: str) -> None:
         if connection is self._connection:  # not an older connection closing late
             self._connection_lost(reason)
 
-    def _failure(self, message: str, level: int = logging.WARNING) -> SinkError:
+    def _failure(
+        self, message: str, level: int = logging.WARNING, kind: type = SinkError
+    ) -> SinkError:
         """A SinkError for message, logged once per kind of outage rather than per retry."""
-        kind = message.split("(")[0]
-        if kind != self._reported:
+        summary = message.split("(")[0]
+        if summary != self._reported:
             log.log(level, "sink %s: %s", self.name, message)
-            self._reported = kind
+            self._reported = summary
         else:
             log.debug("sink %s: %s", self.name, message)
-        return SinkError(message)
+        return kind(message)
 
     def _connection_lost(self, reason: str) -> None:
-        """The session died under us: say so once; the base reconnects on the next send."""
+        """The connection died under us: say so once; the sender reconnects."""
         if self._lost is not None:
             return
         if self.connected:
@@ -373,25 +365,26 @@ class MqttSink(Sink):
             )
             self._reported = "lost"
         self.connected = False
-        self._end_session(reason)
-        self.connection_dropped(reason)
+        self._end_connection(reason)
+        self._wakeup.set()
 
-    def _end_session(self, reason: str) -> None:
-        """Fail every awaited acknowledgement and close the transport."""
-        if self._lost is not None:
-            return
-        self._lost = reason
-        self._fail_inflight(reason)
+    def _end_connection(self, reason: str) -> None:
+        """Close the transport; unacknowledged messages stay in the session for the next."""
+        self._lost = self._lost or reason
+        self.session.connection_lost(compat.ticks_ms())
+        self._qos0_written.clear()  # not written after all: the session dropped its output
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionError(reason))
+            self._connack.exception()  # retrieved: open() may have stopped waiting
+        for waiter in self._raw_waiters:
+            if not waiter.done():
+                waiter.set_exception(SinkError(f"MQTT connection lost: {reason}"))
+                waiter.exception()
         if self._connection is not None:
             self._connection.fail(reason)
-
-    def _fail_inflight(self, reason: str) -> None:
-        groups = {id(group): group for group in self._inflight.values()}
-        self._inflight.clear()
-        for group in groups.values():
-            if not group.done.done():
-                group.done.set_exception(SinkError(f"MQTT connection lost: {reason}"))
-                group.done.exception()  # whoever awaits sees it; nobody waiting is fine too
 
     async def close(self) -> None:
         connection = self._connection
@@ -399,21 +392,22 @@ class MqttSink(Sink):
             return
         if self._stopping and self._lost is None:
             await self._say_goodbye(connection)
-        self._end_session("closed by the gateway")
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
-            self._keepalive_task = None
+        self._end_connection("closed by the gateway")
         self._connection = None
         try:
             await asyncio.wait_for(asyncio.shield(connection.closed), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:
-            connection.transport.abort()
+            if connection.transport is not None:
+                connection.transport.abort()
 
     async def _say_goodbye(self, connection: _Connection) -> None:
-        """Let the batch in flight finish, publish offline, then DISCONNECT (no last will)."""
-        pending = [group.done for group in self._inflight.values() if not group.done.done()]
-        if pending:
-            await asyncio.wait(set(pending), timeout=min(self.ack_timeout, CLOSE_TIMEOUT * 2))
+        """Let the window drain, publish offline, then DISCONNECT (no last will)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self.ack_timeout, CLOSE_TIMEOUT * 2)
+        while self.session.inflight and self._lost is None and loop.time() < deadline:
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
         try:
             if self.availability:
                 await asyncio.wait_for(
@@ -421,167 +415,208 @@ class MqttSink(Sink):
                     CLOSE_TIMEOUT,
                 )
             self.connected = False  # the broker closing the socket now is no loss
-            self._write(mqtt.disconnect())
-            await asyncio.wait_for(connection.drain(), CLOSE_TIMEOUT)
+            self.session.disconnect()
+            self._flush()
             log.info("sink %s: disconnected from MQTT broker at %s", self.name, self.address)
         except (SinkError, OSError, asyncio.TimeoutError) as error:
             log.info("sink %s: closing without a clean goodbye (%s)", self.name, error)
 
-    # -- background tasks ------------------------------------------------------------------
-    def _on_packets(self, packets: list) -> None:
-        """Packets from the broker: acknowledgements complete their group."""
-        inflight = self._inflight
-        acked = 0
-        for packet in packets:
-            kind = packet.type
-            if kind == mqtt.PUBACK or kind == mqtt.PUBCOMP:
-                group = inflight.pop(packet.packet_id, None)
-                if group is None:
-                    continue  # a late acknowledgement for a window that timed out
-                acked += 1
-                group.remaining -= 1
-                if not group.remaining and not group.done.done():
-                    group.done.set_result(None)
-            elif kind == mqtt.PUBREC:
-                self._write(mqtt.pubrel(packet.packet_id))  # QoS 2, second step
-            elif kind == mqtt.PINGRESP:
-                self._ping_sent_at = None
-            else:
-                log.debug("sink %s: ignoring %r from the broker", self.name, packet)
-        self.counters["acked"] += acked
+    # -- from the broker -------------------------------------------------------------------
+    def _on_data(self, data: bytes) -> None:
+        session = self.session
+        session.receive_data(data, compat.ticks_ms())
+        tokens = session.acked()
+        if tokens:
+            self._acknowledged(tokens)
+        for event in session.events_received():
+            self._on_event(event)
+        self._flush()
 
-    async def _keepalive_loop(self) -> None:
-        """PINGREQ when nothing was written for half the keepalive; no PINGRESP means dead."""
-        loop = asyncio.get_running_loop()
-        interval = self.keepalive
-        while self._lost is None:
-            await asyncio.sleep(max(0.05, interval / 4))
-            now = loop.time()
-            if self._ping_sent_at is not None and now - self._ping_sent_at > interval:
-                self._connection_lost(f"no PINGRESP within the {interval:g}s keepalive")
+    def _on_event(self, event: Any) -> None:
+        if event.kind == LOST:
+            self._connection_lost(event.reason)
+            return
+        connack = self._connack
+        if event.kind in (CONNECTED, REFUSED) and connack is not None and not connack.done():
+            connack.set_result(event)
+
+    def _acknowledged(self, tokens: list) -> None:
+        done = self._done
+        base = self._base
+        readings = 0
+        for token in tokens:
+            if token.__class__ is int:
+                done[token - base] = True
+                readings += 1
+            elif token.__class__ is tuple:
+                for number in token:
+                    done[number - base] = True
+                readings += len(token)
+            elif token is not None and not token.done():  # publish_raw waits for it
+                token.set_result(None)
+        self.counters["acked"] += len(tokens)
+        self.counters["delivered"] += readings
+        self._confirm_through()
+        if self._troubled and readings:
+            self._succeeded()
+        self._wakeup.set()  # the window has room again
+
+    def _confirm_through(self) -> None:
+        """Confirm to the queue the leading readings that are through."""
+        done = self._done
+        count = 0
+        while done and done[0]:
+            done.popleft()
+            count += 1
+        if count:
+            self._base += count
+            self.queue.confirm(count)
+
+    # -- keepalive and acknowledgement deadlines -------------------------------------------
+    def _arm_timer(self) -> None:
+        """Set the timer for the session's next deadline, unless it is set for earlier."""
+        now = compat.ticks_ms()
+        deadline = self.session.next_deadline(now)
+        if deadline is None or self._lost is not None:
+            return
+        if self._timer is not None:
+            if compat.ticks_diff(self._timer_due, deadline) <= 0:
                 return
-            if self._ping_sent_at is None and now - self._last_write >= interval / 2:
-                self._ping_sent_at = now
-                try:
-                    self._write(mqtt.pingreq())
-                except SinkError:
-                    return  # the session ended meanwhile
+            self._timer.cancel()
+        delay = max(0.01, compat.ticks_diff(deadline, now) / 1000)
+        self._timer_due = deadline
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
-    # -- publishing ------------------------------------------------------------------------
-    def _write(self, data: bytes | bytearray) -> None:
-        if self._lost is not None or self._connection is None:
-            raise SinkError(f"not connected to MQTT broker at {self.address} ({self._lost})")
-        self._connection.transport.write(data)
-        self._last_write = asyncio.get_running_loop().time()
+    def _on_timer(self) -> None:
+        self._timer = None
+        session = self.session
+        session.tick(compat.ticks_ms())
+        for event in session.events_received():
+            self._on_event(event)
+        if self._lost is None:
+            self._flush()
+            self._arm_timer()
 
-    def _next_packet_id(self) -> int:
-        packet_id = self._packet_id
-        inflight = self._inflight
-        while True:
-            packet_id = packet_id + 1 if packet_id < mqtt.MAX_PACKET_ID else 1
-            if packet_id not in inflight:
-                self._packet_id = packet_id
-                return packet_id
-            if packet_id == self._packet_id:
-                raise SinkError("all 65535 MQTT packet ids are in flight")
+    # -- to the broker ---------------------------------------------------------------------
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self._connection is not None:
+            self._connection.write(data)
+        if self._qos0_written:
+            tokens, self._qos0_written = self._qos0_written, []
+            self._sent_unconfirmed(tokens)
+
+    def _sent_unconfirmed(self, tokens: list) -> None:
+        """QoS 0 readings are through once written: counted as sent, never resent."""
+        done = self._done
+        base = self._base
+        for token in tokens:
+            numbers = token if token.__class__ is tuple else (token,)
+            for number in numbers:
+                done[number - base] = True
+            self.counters["sent_qos0"] += len(numbers)
+        self._confirm_through()
+
+    async def _deliver_until_failure(self) -> None:
+        """Keep the window full: take readings whenever it has room, until the link fails."""
+        queue = self.queue
+        session = self.session
+        while not self._stopping:
+            if self._lost is not None:
+                raise SinkError(f"MQTT connection lost: {self._lost}")
+            self._publish_unsent()
+            connection = self._connection
+            if (
+                not self._unsent
+                and queue.ready
+                and session.can_publish()
+                and connection is not None
+                and not connection.paused
+            ):
+                items = await queue.take(self.max_batch)
+                if items:
+                    self._encode(items)
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def _publish_unsent(self) -> None:
+        unsent = self._unsent
+        session = self.session
+        if not unsent or self._lost is not None:
+            return
+        now = compat.ticks_ms()
+        publish = session.publish
+        count = 0
+        try:
+            while unsent:
+                topic, payload, qos, retain, token = unsent[0]
+                publish(topic, payload, qos, retain, token, now)
+                unsent.popleft()
+                if not qos:
+                    self._qos0_written.append(token)
+                count += 1
+                if count % FLUSH_EVERY == 0:
+                    self._flush()
+        except WindowFull:
+            pass  # the rest goes out as PUBACKs make room
+        self.counters["published"] += count
+        self._flush()
+        self._arm_timer()
+
+    def _encode(self, items: list[Item]) -> None:
+        """Turn taken readings into messages waiting for the window, numbered from _base."""
+        first = self._base + len(self._done)
+        self._done.extend([False] * len(items))
+        dropped = []
+        self._unsent.extend(self._messages(items, first, dropped))
+        if dropped:
+            for number in dropped:
+                self._done[number - self._base] = True
+            self._confirm_through()
+
+    def _give_back_out(self) -> None:
+        """At a stop: what the session still holds goes back to the queue, except what got
+        through out of order."""
+        self.session.forget_inflight()
+        self._unsent.clear()
+        delivered = {index for index, through in enumerate(self._done) if through}
+        self._base += len(self._done)
+        self._done.clear()
+        if self.queue.out:
+            self.queue.give_back(delivered)
 
     async def publish_raw(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False):
         """Publish one message outside the reading path (availability, discovery).
 
-        Returns once the broker acknowledged it (QoS 1 and 2) or it was written (QoS 0).
+        Returns once the broker acknowledged it (QoS 1) or it was written (QoS 0).
         """
-        out = bytearray()
-        packet_id = self._next_packet_id() if qos else 0
-        self._publish.append(out, topic, payload, self._checked_qos(qos), retain, packet_id)
-        group = _AckGroup(asyncio.get_running_loop())
-        ids = [packet_id] if qos else []
-        if qos:
-            self._inflight[packet_id] = group
-        try:
-            self._write(out)
-            self.counters["published"] += 1
-            await self._confirm(group, ids)
-        except SinkError:
-            self._forget(ids)
-            raise
-
-    async def send(self, items: list[Item]) -> None:
-        if self._lost is not None:
+        qos = self._checked_qos(qos)
+        mqtt.encode_topic(topic)  # a bad topic is the caller's error, not a lost link
+        if self._lost is not None or self.session.state != CONNECTED:
             raise SinkError(f"not connected to MQTT broker at {self.address} ({self._lost})")
-        loop = asyncio.get_running_loop()
-        append = self._publish.append
-        inflight = self._inflight
-        packet_id = self._packet_id
-        out = bytearray()
-        group = _AckGroup(loop)
-        ids: list[int] = []
-        published = 0
+        waiter = asyncio.get_running_loop().create_future() if qos else None
         try:
-            for topic, payload, qos, retain in self._messages(items):
-                if qos:
-                    packet_id = packet_id + 1 if packet_id < MAX_PACKET_ID else 1
-                    if packet_id in inflight:
-                        self._packet_id = packet_id
-                        packet_id = self._next_packet_id()
-                try:
-                    append(out, topic, payload, qos, retain, packet_id)
-                except ValueError as error:
-                    self._drop("bad_topic", f"cannot publish to {topic!r}: {error}")
-                    continue
-                published += 1
-                if qos:
-                    inflight[packet_id] = group
-                    ids.append(packet_id)
-                # Hand bytes to the socket as they are made so the broker works while we encode.
-                if len(out) >= WRITE_CHUNK:
-                    self._write(out)
-                    out = bytearray()
-                if len(ids) >= self.max_inflight:
-                    self._write(out)
-                    out = bytearray()
-                    await self._confirm(group, ids)
-                    group, ids = _AckGroup(loop), []
-            if out:
-                self._write(out)
-            await self._confirm(group, ids)
-        except SinkError:
-            self._forget(ids)
-            raise
-        finally:
-            self._packet_id = packet_id
-            self.counters["published"] += published
-
-    async def _confirm(self, group: _AckGroup, ids: list[int]) -> None:
-        """Wait until the written bytes left and every id in ids is acknowledged."""
-        group.remaining = len(ids)
-        connection = self._connection
-        try:
-            if connection is None:
-                raise ConnectionError(self._lost or "not connected")
-            await connection.drain()
-        except OSError as error:
-            self._connection_lost(str(error) or type(error).__name__)
-            raise SinkError(f"MQTT connection lost while writing: {self._lost}") from error
-        if not ids:
+            self.session.publish(topic, payload, qos, retain, waiter, compat.ticks_ms())
+        except WindowFull as error:
+            raise SinkError(f"MQTT in-flight window full ({error})") from None
+        self.counters["published"] += 1
+        self._flush()
+        if waiter is None:
             return
+        self._raw_waiters.add(waiter)
         try:
-            await asyncio.wait_for(group.done, self.ack_timeout)
+            await asyncio.wait_for(asyncio.shield(waiter), self.ack_timeout)
         except asyncio.TimeoutError:
-            waiting = group.remaining
-            self._connection_lost(f"{waiting} acknowledgements missing after {self.ack_timeout:g}s")
-            raise SinkError(
-                f"MQTT broker at {self.address} did not acknowledge {waiting} of {len(ids)} "
-                f"messages within {self.ack_timeout:g}s; they will be sent again"
-            ) from None
-
-    def _forget(self, ids: list[int]) -> None:
-        pop = self._inflight.pop
-        for packet_id in ids:
-            pop(packet_id, None)
+            raise SinkError(f"no PUBACK for {topic!r} within {self.ack_timeout:g}s") from None
+        finally:
+            self._raw_waiters.discard(waiter)
 
     # -- readings to messages --------------------------------------------------------------
-    def _messages(self, items: list[Item]):
-        """(topic, payload, qos, retain) per message; batch routes group readings by topic.
+    def _messages(self, items: list[Item], first: int, dropped: list[int]):
+        """(topic, payload, qos, retain, token) per message; batch routes group readings by
+        topic. The token is the reading's number (first + position), or a tuple of them for
+        a batch; numbers of readings that cannot be sent are added to `dropped`.
 
         This is the hot path: one reading per message at tens of thousands per second.
         Batches gather a round's readings per topic, not only consecutive runs: readings of
@@ -592,8 +627,10 @@ class MqttSink(Sink):
         last_route: Any = None
         settings: _Settings | None = self._default
         template, encode, qos, retain = self._default.unpacked()
-        groups: dict[tuple, list[dict]] = {}
+        groups: dict[tuple, tuple[list[dict], list[int]]] = {}
+        number = first - 1
         for reading, route in items:
+            number += 1
             if route is not last_route:
                 last_route = route
                 settings = self._route_settings(route)
@@ -601,6 +638,7 @@ class MqttSink(Sink):
                     template, encode, qos, retain = settings.unpacked()
             if settings is None:
                 self.counters["dropped_bad_route"] += 1  # logged once per route
+                dropped.append(number)
                 continue
             # Templates use only {gateway}, {device} and {stream}: those values name the topic.
             key = (template, reading.get("gateway"), reading.get("device"), reading.get("stream"))
@@ -611,33 +649,48 @@ class MqttSink(Sink):
             if topic is None:
                 topic = self._topic(template, reading, key)
                 if topic is None:
+                    dropped.append(number)
                     continue
             if settings.max_readings == 1:
                 try:
                     payload = encode(reading)
                 except (TypeError, ValueError, OverflowError) as error:
                     self._drop("unencodable", f"cannot encode reading: {error}")
+                    dropped.append(number)
                     continue
-                yield topic, payload, qos, retain
+                yield topic, payload, qos, retain, number
                 continue
             group_key = (topic, settings)
-            group = groups.setdefault(group_key, [])
-            group.append(reading)
-            if len(group) >= settings.max_readings:
+            group = groups.get(group_key)
+            if group is None:
+                group = groups[group_key] = ([], [])
+            group[0].append(reading)
+            group[1].append(number)
+            if len(group[0]) >= settings.max_readings:
                 del groups[group_key]
-                yield from self._encoded_group(topic, settings, group)
+                yield from self._encoded_group(topic, settings, group, dropped)
         for (topic, group_settings), group in groups.items():
-            yield from self._encoded_group(topic, group_settings, group)
+            yield from self._encoded_group(topic, group_settings, group, dropped)
 
-    def _encoded_group(self, topic: str, settings: _Settings, readings: list[dict]):
+    def _encoded_group(
+        self, topic: str, settings: _Settings, group: tuple[list[dict], list[int]], dropped
+    ):
+        readings, numbers = group
         try:
             payload = settings.encode(readings)
         except (TypeError, ValueError, OverflowError):
-            readings = [reading for reading in readings if self._encodable(settings, reading)]
-            if not readings:
+            kept = []
+            for reading, number in zip(readings, numbers):
+                if self._encodable(settings, reading):
+                    kept.append((reading, number))
+                else:
+                    dropped.append(number)
+            if not kept:
                 return
+            readings = [reading for reading, _number in kept]
+            numbers = [number for _reading, number in kept]
             payload = settings.encode(readings)
-        yield topic, payload, settings.qos, settings.retain
+        yield topic, payload, settings.qos, settings.retain, tuple(numbers)
 
     def _encodable(self, settings: _Settings, reading: dict) -> bool:
         try:
@@ -703,8 +756,8 @@ class MqttSink(Sink):
 
     def _checked_qos(self, qos: Any) -> int:
         qos = int(qos)
-        if qos not in (0, 1, 2):
-            raise ValueError(f"sinks.{self.name}.qos: expected 0, 1 or 2, got {qos}")
+        if qos not in (0, 1):
+            raise ValueError(f"sinks.{self.name}.qos: expected 0 or 1, got {qos}")
         return qos
 
     def _drop(self, reason: str, message: str) -> None:
