@@ -34,11 +34,15 @@ test-micropython: $(STAMP)
 # Benchmarks print JSON (not timed tests): latency at 1,000 readings/s, the highest
 # zero-loss rate with one message per reading (basic) and with batches (high_throughput),
 # and wire-protocol (COBS) devices as fast as acknowledgements allow.
+# bench/overload.py: devices written as fast as the ptys accept (a writer process each) to
+# MQTT one reading per message and batched, 4 devices to all sinks, 1,000/s latency, and
+# one device behind a 1 MB/s broker link.
 bench: $(STAMP) system-deps
 	$(BIN)/python bench/e2e.py --preset realtime --rate 1000 --seconds 10
 	$(BIN)/python bench/e2e.py --preset basic --find-max --seconds 5
 	$(BIN)/python bench/e2e.py --preset high_throughput --find-max --seconds 5
 	$(BIN)/python bench/cobs.py --readings 100000
+	$(BIN)/python bench/overload.py --all
 
 # The 60 s broker outage at 5,000 readings/s (about three minutes).
 bench-outage: $(STAMP) system-deps
