@@ -10,6 +10,7 @@ from gateway.config.schema import ROUTE_KEYS
 from gateway.core.parsers import ParseError, make_parser
 from gateway.core.pipeline import Pipeline
 from gateway.sinks.base import Sink
+from gateway.store.queues import UNBOUNDED
 from gateway.store.sequences import SequenceStore
 from gateway.throttled_log import ThrottledLog
 
@@ -61,6 +62,7 @@ class Ingest:
         # Each routed sink once, for settle(); a refusal by a "block" sink since the last one.
         self._sinks = list({id(sink): sink for sink, _route in routes}.values())
         self._refused = False
+        self._ts = self._rounded_ts = None  # lines of one chunk share their receive time
 
     def on_line(self, text: str, ts: float) -> None:
         """A line from a line-framed source: parse it, then on to on_data."""
@@ -84,12 +86,14 @@ class Ingest:
         device: str | None = None,
     ) -> None:
         """One record of named values (a parsed line, or a reading from a COBS frame)."""
+        if ts is not self._ts:
+            self._ts, self._rounded_ts = ts, round(ts, 6)
         reading = {
             "gateway": self.gateway_id,
             "device": device or self.device,
             "stream": str(stream or self.default_stream),
             "seq": 0,
-            "ts": round(ts, 6),
+            "ts": self._rounded_ts,
         }
         if device_time is not None and self.keep_device_time:
             reading["dts"] = device_time
@@ -123,8 +127,13 @@ class Ingest:
         return safe and not refused
 
     def accepting(self) -> bool:
-        """False while a "block" sink this source routes to is full (stop reading devices)."""
-        return all(sink.accepting for sink in self._sinks)
+        """False while a sink this source routes to pushes back (stop reading devices)."""
+        return self.room() > 0
+
+    def room(self) -> int:
+        """Records it can take for sure before some sink pushes back: a line source checks
+        this once per run of lines instead of accepting() before each."""
+        return min((sink.room for sink in self._sinks), default=UNBOUNDED)
 
     def flush(self) -> None:
         """Emit what stateful steps (windows) still hold; called at shutdown."""

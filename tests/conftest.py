@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.broker import Broker
+from tests.support.broker import Broker, PersistentBroker
 from tests.support.e2e import GatewayProcess
 
 
 @pytest.fixture
 def broker():
     running = Broker().start()
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def persistent_broker():
+    """Mosquitto that saves its state across a restart, for persistent-session subscribers."""
+    running = PersistentBroker().start()
     yield running
     running.close()
 

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from gateway.sources.simulator import VirtualSerialDevice
-from tests.support.broker import PersistentBroker, ProcessSubscriber, free_port
+from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.e2e import PtyFlood, counter_lines
 from tests.support.throttle import ThrottledProxy
 from tests.support.waiting import wait_until
@@ -20,13 +20,6 @@ from tests.support.waiting import wait_until
 GATEWAY_ID = "pressure"
 # The memory bound DESIGN §11 holds every run to, overload and slow links included.
 RSS_BOUND_MB = 64
-
-
-@pytest.fixture
-def persistent_broker():
-    running = PersistentBroker().start()
-    yield running
-    running.close()
 
 
 def config(device: str, broker_port: int, api_port: int, buffer: str, sink_extra: str) -> str:

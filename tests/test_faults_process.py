@@ -21,7 +21,7 @@ import pytest
 
 from gateway.core import protocol
 from gateway.sources.simulator import VirtualSerialDevice
-from tests.support.broker import PersistentBroker, ProcessSubscriber, free_port
+from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.cobs_device import CobsTestDevice, reading_values
 from tests.support.e2e import DeviceWriters
 
@@ -32,13 +32,6 @@ SINK_TUNING = """
 breaker = { failures = 5, reset_after = "1s" }
 retry = { base = "0.1s", cap = "1s" }
 """
-
-
-@pytest.fixture
-def persistent_broker():
-    running = PersistentBroker().start()
-    yield running
-    running.close()
 
 
 def line_config(device_paths: list[str], broker_port: int, api_port: int) -> str:

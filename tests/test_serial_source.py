@@ -535,3 +535,152 @@ def test_framer_reset_reports_the_unfinished_line():
     assert framer.feed(b"done\nhalf a li") == [b"done"]
     assert framer.reset() == len(b"half a li")
     assert framer.feed(b"ne\n") == [b"ne"]
+
+
+# -- backpressure: accepting() ------------------------------------------------------------
+
+
+class Gate:
+    """accepting() for a SerialSource: True until `limit` lines were handed on, then False
+    until `opened`. Counts its refusals: each is one look by the paused source."""
+
+    def __init__(self, collector: Collector, limit: int) -> None:
+        self.collector = collector
+        self.limit = limit
+        self.opened = False
+        self.refusals = 0
+
+    def __call__(self) -> bool:
+        if self.opened or len(self.collector.lines) < self.limit:
+            return True
+        self.refusals += 1
+        return False
+
+    async def looked_again(self, times: int = 20) -> None:
+        """Wait until the paused source looked (and was refused) `times` more times."""
+        seen = self.refusals
+        await poll_until(lambda: self.refusals >= seen + times)
+
+
+def gated_source(device: VirtualSerialDevice, collector: Collector, gate, read_mode: str):
+    options = {"name": "bench-1", "port": device.path, "reconnect_interval": 0.05}
+    source = SerialSource(options, collector.on_line, collector.on_event, accepting=gate)
+    source.read_mode = read_mode
+    return source
+
+
+def fill(fd: int, data: bytes, start: int) -> int:
+    """Write data[start:] without blocking until the pty is full; returns the new position."""
+    position = start
+    while position < len(data):
+        try:
+            position += os.write(fd, data[position:])
+        except BlockingIOError:
+            return position
+    raise AssertionError(f"the pty took all {len(data)} bytes: nothing pushed back")
+
+
+async def fill_while_paused(device: VirtualSerialDevice, data: bytes, gate: Gate) -> int:
+    """Fill the pty, let the paused source look again, and repeat until the pty takes
+    nothing more (the kernel moves a little between its buffers after the first EAGAIN).
+    Returns how much of `data` was written."""
+    written = fill(device.master, data, 0)
+    for _round in range(10):
+        await gate.looked_again()
+        more = fill(device.master, data, written)
+        if more == written:
+            return written
+        written = more
+    raise AssertionError(f"the pty kept taking bytes ({written} so far): the source reads")
+
+
+def numbered(prefix: str, count: int) -> tuple[list[str], bytes]:
+    lines = [f"{prefix} {index:07d}" for index in range(count)]
+    return lines, "".join(line + "\n" for line in lines).encode()
+
+
+@pytest.mark.parametrize("read_mode", ["fd", "thread"])
+def test_a_paused_source_holds_its_lines_stops_reading_and_resumes_in_order(read_mode):
+    first, first_data = numbered("first", 50)
+    bulk, bulk_data = numbered("bulk", 80_000)  # ≈ 1 MB, far more than a pty holds
+
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            gate = Gate(collector, limit=10)
+            source = gated_source(device, collector, gate, read_mode)
+            source.start()
+            await collector.wait_state("connected")
+            await device.write_async(first_data)
+            await poll_until(lambda: source.counters["paused"] >= 1)
+            await gate.looked_again()
+            assert collector.lines == first[:10]  # checked before every line: none past 10
+
+            # The device is pushed back: nothing is read while paused, so the pty fills up
+            # and stays full while the source keeps looking (a reader would drain it).
+            read = source.counters["bytes"]
+            written = await fill_while_paused(device, bulk_data, gate)
+            assert written < 100_000, written  # what a pty holds, not the megabyte
+            assert source.counters["bytes"] == read
+            assert collector.lines == first[:10]
+            assert source.state == "connected"
+
+            gate.opened = True
+            await device.write_async(bulk_data[written:])
+            await collector.wait_lines(len(first) + len(bulk))
+            await source.stop()
+            return source, collector
+
+    source, collector = run(scenario())
+    assert collector.lines == first + bulk  # held lines first, in order, none twice
+    assert source.counters["lines"] == len(first) + len(bulk)
+    assert source.counters["bytes"] == len(first_data) + len(bulk_data)
+    assert source.counters["paused"] == 1
+    assert source.stats()["paused_seconds"] > 0
+
+
+@pytest.mark.parametrize("read_mode", ["fd", "thread"])
+def test_lines_held_by_a_pause_are_handed_on_when_the_port_closes(read_mode):
+    lines, data = numbered("line", 50)
+
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            gate = Gate(collector, limit=10)  # never opened
+            source = gated_source(device, collector, gate, read_mode)
+            source.start()
+            await collector.wait_state("connected")
+            await device.write_async(data)
+            await poll_until(lambda: source.counters["paused"] >= 1)
+            await gate.looked_again()
+            assert collector.lines == lines[:10]
+            read = source.counters["bytes"]
+            await source.stop()
+            return source, collector, read
+
+    source, collector, read = run(scenario())
+    complete = data[:read].count(b"\n")  # every line read whole before the stop
+    assert complete > 10, "precondition: the pause held some lines"
+    assert collector.lines == lines[:complete]
+    assert source.counters["partial_at_disconnect"] == (0 if data[:read].endswith(b"\n") else 1)
+
+
+@pytest.mark.parametrize("read_mode", ["fd", "thread"])
+@pytest.mark.parametrize("accepting", [None, lambda: True], ids=["no_accepting", "always"])
+def test_a_source_whose_sinks_always_accept_never_pauses(read_mode, accepting):
+    lines, data = numbered("line", 5000)
+
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            source = gated_source(device, collector, accepting, read_mode)
+            source.start()
+            await collector.wait_state("connected")
+            await write_chunks(device, chop(data, seed=5))
+            await collector.wait_lines(len(lines))
+            await source.stop()
+            return source, collector
+
+    source, collector = run(scenario())
+    assert collector.lines == lines
+    assert source.counters["paused"] == 0 and source.stats()["paused_seconds"] == 0

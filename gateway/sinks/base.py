@@ -113,6 +113,11 @@ class Sink:
         """False while a "block" sink is full: its offers are refused (backpressure)."""
         return self.queue.accepting
 
+    @property
+    def room(self) -> int:
+        """Readings the queue takes for sure before it pushes back."""
+        return self.queue.room
+
     async def settled(self) -> bool:
         """Wait until what was offered so far is as durable as the policy makes it."""
         return await self.queue.settled()

@@ -140,6 +140,7 @@ class SerialSource:
         list_ports: Callable[[], list[dict[str, Any]]] | None = None,
         handler: FrameHandler | None = None,
         accepting: Callable[[], bool] | None = None,
+        room: Callable[[], int] | None = None,
     ):
         self.name = options.get("name") or options.get("port") or "serial"
         self.port: str | None = options.get("port")
@@ -162,7 +163,10 @@ class SerialSource:
         self.on_line = on_line
         self.on_event = on_event
         self.accepting = accepting
+        # How many lines may go on before accepting() must be asked again (Ingest.room).
+        self.room = room or (lambda: 1 if accepting is None or accepting() else 0)
         self.paused_seconds = 0.0
+        self._paused_since: float | None = None
         self._held: tuple[list[bytes], int, float] | None = None  # lines not yet taken
         # "fd": non-blocking reads from the event loop (POSIX); "thread": aioserial.read_async.
         self.read_mode = "fd" if os.name == "posix" else "thread"
@@ -209,7 +213,10 @@ class SerialSource:
 
     def stats(self) -> dict[str, Any]:
         stats = {"name": self.name, "state": self.state, "device": self.device, **self.counters}
-        stats["paused_seconds"] = round(self.paused_seconds, 3)
+        paused = self.paused_seconds
+        if self._paused_since is not None:  # the pause under way counts too
+            paused += time.monotonic() - self._paused_since
+        stats["paused_seconds"] = round(paused, 3)
         if self.handler is not None:
             stats["link"] = self.handler.stats()
             stats["remote"] = self.handler.state()
@@ -365,17 +372,17 @@ class SerialSource:
             self._receive(chunk, time.time())
             if accepting is not None and (self._held is not None or not accepting()):
                 loop.remove_reader(fd)
-                self.counters["paused"] += 1
-                resume.append(loop.call_later(RESUME_POLL, look, loop.time()))
+                self._pause_started()
+                resume.append(loop.call_later(RESUME_POLL, look))
 
-        def look(since: float) -> None:
+        def look() -> None:
             resume.clear()
             if self._gone is None or self._gone.done():
                 return
             if not accepting() or not self._deliver_held() or not accepting():
-                resume.append(loop.call_later(RESUME_POLL, look, since))
+                resume.append(loop.call_later(RESUME_POLL, look))
                 return
-            self.paused_seconds += loop.time() - since
+            self._pause_ended()
             loop.add_reader(fd, readable)
 
         loop.add_reader(fd, readable)
@@ -384,6 +391,7 @@ class SerialSource:
         finally:
             for handle in resume:
                 handle.cancel()
+            self._pause_ended()
             loop.remove_reader(fd)
             if self._awaiting_writable:
                 loop.remove_writer(fd)
@@ -405,11 +413,21 @@ class SerialSource:
     async def _wait_until_accepting(self) -> None:
         if self.accepting is None or (self._held is None and self.accepting()):
             return
+        self._pause_started()
+        try:
+            while not self._stopping and not (self.accepting() and self._deliver_held()):
+                await asyncio.sleep(RESUME_POLL)
+        finally:
+            self._pause_ended()
+
+    def _pause_started(self) -> None:
         self.counters["paused"] += 1
-        started = time.monotonic()
-        while not self._stopping and not (self.accepting() and self._deliver_held()):
-            await asyncio.sleep(RESUME_POLL)
-        self.paused_seconds += time.monotonic() - started
+        self._paused_since = time.monotonic()
+
+    def _pause_ended(self) -> None:
+        if self._paused_since is not None:
+            self.paused_seconds += time.monotonic() - self._paused_since
+            self._paused_since = None
 
     def _device_gone(self, reason: str | None) -> None:
         if self._gone is not None and not self._gone.done():
@@ -424,14 +442,19 @@ class SerialSource:
     def _deliver(self, lines: list[bytes], start: int, ts: float) -> None:
         """Hand lines on from `start`; when the sinks stop accepting, hold the rest.
 
-        Checked before every line, so a "block" queue is never offered more than it takes
-        and nothing read from the port is refused.
+        Checked before every line (through room(), which says how many lines may pass before
+        the next look), so a "block" queue is never offered more than it takes and nothing
+        read from the port is refused.
         """
-        accepting = self.accepting
+        checked = self.accepting is not None
+        room = 0
         for index in range(start, len(lines)):
-            if accepting is not None and not accepting():
-                self._held = (lines, index, ts)
-                return
+            if checked and room <= 0:
+                room = self.room()
+                if room <= 0:
+                    self._held = (lines, index, ts)
+                    return
+            room -= 1
             raw = lines[index]
             try:
                 text = raw.decode("utf-8")
@@ -459,11 +482,11 @@ class SerialSource:
             return True
         lines, start, ts = held
         if force:
-            accepting, self.accepting = self.accepting, None
+            room, self.room = self.room, lambda: len(lines)
             try:
                 self._deliver(lines, start, ts)
             finally:
-                self.accepting = accepting
+                self.room = room
             return True
         self._deliver(lines, start, ts)
         return self._held is None

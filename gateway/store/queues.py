@@ -31,6 +31,7 @@ from gateway.store.buffer import (
 log = logging.getLogger("gateway.store")
 
 POLICIES = ("none", "spill", "write_ahead")
+UNBOUNDED = 1 << 30  # the room of a queue that never pushes back (it drops, counted)
 STRENGTH = {policy: rank for rank, policy in enumerate(POLICIES)}
 DEFAULT_COMMIT_INTERVAL = 0.05
 CHECKPOINT_INTERVAL = 1.0  # fsync = "batch": the log is synced at most this long after a commit
@@ -270,6 +271,7 @@ class BufferWriter:
         self._bind()
         for queue in self.queues:
             queue._post_pending()
+            queue._post_confirms()
         self._dirty = True
         if self._commit_handle is not None:
             self._commit_handle.cancel()
@@ -349,6 +351,7 @@ class BufferWriter:
             return
         for queue in self.queues:
             queue._post_pending()
+            queue._post_confirms()
         if self.healthy:
             await self.sync()
         if self._maintenance is not None:
@@ -442,6 +445,13 @@ class MemoryQueue:
     @property
     def accepting(self) -> bool:
         return self.overflow != "block" or len(self._items) < self.capacity
+
+    @property
+    def room(self) -> int:
+        """Readings it takes for sure before it stops accepting (backpressure)."""
+        if self.overflow != "block":
+            return UNBOUNDED
+        return max(0, self.capacity - len(self._items))
 
     @property
     def depth(self) -> int:
@@ -595,11 +605,16 @@ class DiskQueue:
     @property
     def accepting(self) -> bool:
         """False while the disk is behind (write backlog) or a "block" buffer is full."""
+        return self.room > 0
+
+    @property
+    def room(self) -> int:
         if not self.usable:
-            return self.fallback.accepting
-        if self._backlog >= self.backlog_limit:
-            return False
-        return self.overflow != "block" or self.bytes < self.max_bytes
+            return self.fallback.room
+        room = max(0, self.backlog_limit - self._backlog)
+        if self.overflow == "block" and room:
+            return 1 if self.bytes < self.max_bytes else 0  # sizes vary: look at each one
+        return room
 
     def drops(self) -> dict[str, int]:
         merged = collections.Counter(self._drops)
@@ -901,9 +916,13 @@ class SpillQueue:
 
     @property
     def accepting(self) -> bool:
+        return self.room > 0
+
+    @property
+    def room(self) -> int:
         if self.disk.writer.healthy:
-            return self.disk.accepting
-        return self.memory.accepting
+            return self.disk.room
+        return self.memory.room
 
     def _disk_empty(self) -> bool:
         return not self.disk.depth and not self.disk.out
