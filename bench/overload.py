@@ -96,6 +96,8 @@ class Scenario:
     rate: float | None = None  # readings/s for the whole run, paced; None: as fast as possible
     slow_link: float | None = None  # bytes/s between the gateway and the broker
     lift_after: float | None = None  # seconds after the first write, the slow link is lifted
+    buffer: str | None = None  # the bench preset's buffer policy, when not its parent's
+    mqtt_options: str = ""  # extra [sinks.mqtt] lines
 
     @property
     def kinds(self) -> list[str]:
@@ -106,6 +108,17 @@ SCENARIOS = {
     scenario.name: scenario
     for scenario in (
         Scenario("one-mqtt", 1, 300_000, "basic", (MQTT_ONE,)),
+        # The same in memory only, pushing back on the device instead of spilling to disk
+        # (lossless for a flow-controlled USB CDC device or a pty): Node-RED's shape.
+        Scenario(
+            "one-mqtt-block",
+            1,
+            300_000,
+            "basic",
+            (MQTT_ONE,),
+            buffer="none",
+            mqtt_options='buffer = { overflow = "block" }\n',
+        ),
         Scenario(
             "one-mqtt-batched",
             1,
@@ -147,7 +160,8 @@ def gateway_config(
     )
     routes = ",\n  ".join(inline_table(route) for route in scenario.routes)
     sinks = {
-        "mqtt": f'type = "mqtt"\nurl = "mqtt://127.0.0.1:{mqtt_port}"\nqos = 1\n',
+        "mqtt": f'type = "mqtt"\nurl = "mqtt://127.0.0.1:{mqtt_port}"\nqos = 1\n'
+        + scenario.mqtt_options,
         "udp": f'type = "udp"\ntargets = ["127.0.0.1:{udp_port}"]\n',
         "websocket": 'type = "websocket"\nqueue = 1000000\n',
     }
@@ -161,6 +175,7 @@ listen = "127.0.0.1:{api_port}"
 {sources}
 [presets.bench]
 extends = "{scenario.extends}"
+{f'buffer = "{scenario.buffer}"' if scenario.buffer else ""}
 routes = [
   {routes},
 ]

@@ -129,6 +129,67 @@ class _Connection(asyncio.Protocol):
             self.on_resume()
 
 
+class _Outstanding:
+    """The readings taken from the queue and not yet confirmed to it, numbered in take order.
+
+    A reading is "through" once acknowledged, sent at QoS 0 or dropped; the leading run of
+    through readings is what may be confirmed to the queue. Flags live in a list read from
+    `head`, so a batch's readings are marked by one slice and the run found by one scan.
+    """
+
+    def __init__(self) -> None:
+        self.base = 0  # the number of the reading at flags[head]
+        self.flags: list[bool] = []
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.flags) - self.head
+
+    def add(self, count: int) -> int:
+        """Number `count` more readings; returns the first number."""
+        first = self.base + len(self)
+        self.flags.extend([False] * count)
+        return first
+
+    def mark(self, token: Any) -> int:
+        """Mark a token's readings through: a number, a range or a tuple of numbers."""
+        offset = self.head - self.base
+        if token.__class__ is int:
+            self.flags[offset + token] = True
+            return 1
+        if token.__class__ is range:
+            self.flags[offset + token.start : offset + token.stop] = [True] * len(token)
+            return len(token)
+        for number in token:
+            self.flags[offset + number] = True
+        return len(token)
+
+    def advance(self) -> int:
+        """Drop the leading run of through readings; returns how many."""
+        flags = self.flags
+        try:
+            end = flags.index(False, self.head)
+        except ValueError:
+            end = len(flags)
+        count = end - self.head
+        if count:
+            self.head = end
+            self.base += count
+            if end > 4096 and end * 2 > len(flags):
+                del flags[:end]
+                self.head = 0
+        return count
+
+    def through_positions(self) -> set[int]:
+        """Positions (from the oldest not confirmed) of readings through out of order."""
+        return {index for index, through in enumerate(self.flags[self.head :]) if through}
+
+    def clear(self) -> None:
+        self.base += len(self)
+        self.flags = []
+        self.head = 0
+
+
 class _Settings:
     """One route's effective options: route keys first, then the sink's own."""
 
@@ -223,12 +284,9 @@ class MqttSink(Sink):
         self._lost: str | None = "not connected yet"
         self._reported: str | None = None
         self._raw_waiters: set[asyncio.Future] = set()
-        # The readings taken from the queue and not yet confirmed to it, by position: the
-        # first has absolute number _base; _done[i] says whether reading _base + i is
-        # through (acknowledged, sent at QoS 0 or dropped). Messages made from them that
-        # still wait for room in the window are in _unsent.
-        self._base = 0
-        self._done: collections.deque = collections.deque()
+        # The readings taken from the queue and not yet confirmed to it; the messages made
+        # from them that still wait for room in the window are in _unsent.
+        self._out = _Outstanding()
         self._unsent: collections.deque = collections.deque()
         self._qos0_written: list[Any] = []
 
@@ -441,18 +499,13 @@ class MqttSink(Sink):
             connack.set_result(event)
 
     def _acknowledged(self, tokens: list) -> None:
-        done = self._done
-        base = self._base
+        mark = self._out.mark
         readings = 0
         for token in tokens:
-            if token.__class__ is int:
-                done[token - base] = True
-                readings += 1
-            elif token.__class__ is tuple:
-                for number in token:
-                    done[number - base] = True
-                readings += len(token)
-            elif token is not None and not token.done():  # publish_raw waits for it
+            kind = token.__class__
+            if kind is int or kind is range or kind is tuple:
+                readings += mark(token)
+            elif token is not None and not token.done():  # a future publish_raw waits for
                 token.set_result(None)
         self.counters["acked"] += len(tokens)
         self.counters["delivered"] += readings
@@ -463,13 +516,8 @@ class MqttSink(Sink):
 
     def _confirm_through(self) -> None:
         """Confirm to the queue the leading readings that are through."""
-        done = self._done
-        count = 0
-        while done and done[0]:
-            done.popleft()
-            count += 1
+        count = self._out.advance()
         if count:
-            self._base += count
             self.queue.confirm(count)
 
     # -- keepalive and acknowledgement deadlines -------------------------------------------
@@ -508,13 +556,9 @@ class MqttSink(Sink):
 
     def _sent_unconfirmed(self, tokens: list) -> None:
         """QoS 0 readings are through once written: counted as sent, never resent."""
-        done = self._done
-        base = self._base
+        mark = self._out.mark
         for token in tokens:
-            numbers = token if token.__class__ is tuple else (token,)
-            for number in numbers:
-                done[number - base] = True
-            self.counters["sent_qos0"] += len(numbers)
+            self.counters["sent_qos0"] += mark(token)
         self._confirm_through()
 
     async def _deliver_until_failure(self) -> None:
@@ -566,13 +610,11 @@ class MqttSink(Sink):
 
     def _encode(self, items: list[Item]) -> None:
         """Turn taken readings into messages waiting for the window, numbered from _base."""
-        first = self._base + len(self._done)
-        self._done.extend([False] * len(items))
-        dropped = []
+        first = self._out.add(len(items))
+        dropped: list[int] = []
         self._unsent.extend(self._messages(items, first, dropped))
         if dropped:
-            for number in dropped:
-                self._done[number - self._base] = True
+            self._out.mark(tuple(dropped))
             self._confirm_through()
 
     def _give_back_out(self) -> None:
@@ -580,9 +622,8 @@ class MqttSink(Sink):
         through out of order."""
         self.session.forget_inflight()
         self._unsent.clear()
-        delivered = {index for index, through in enumerate(self._done) if through}
-        self._base += len(self._done)
-        self._done.clear()
+        delivered = self._out.through_positions()
+        self._out.clear()
         if self.queue.out:
             self.queue.give_back(delivered)
 
@@ -690,7 +731,11 @@ class MqttSink(Sink):
             readings = [reading for reading, _number in kept]
             numbers = [number for _reading, number in kept]
             payload = settings.encode(readings)
-        yield topic, payload, settings.qos, settings.retain, tuple(numbers)
+        if numbers[-1] - numbers[0] + 1 == len(numbers):  # one device's run: mark as a slice
+            token: Any = range(numbers[0], numbers[-1] + 1)
+        else:
+            token = tuple(numbers)
+        yield topic, payload, settings.qos, settings.retain, token
 
     def _encodable(self, settings: _Settings, reading: dict) -> bool:
         try:
