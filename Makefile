@@ -43,6 +43,7 @@ bench: $(STAMP) system-deps
 	$(BIN)/python bench/e2e.py --preset high_throughput --find-max --seconds 5
 	$(BIN)/python bench/cobs.py --readings 100000
 	$(BIN)/python bench/overload.py --all
+	$(BIN)/python bench/ingest.py
 
 # The 60 s broker outage at 5,000 readings/s (about three minutes).
 bench-outage: $(STAMP) system-deps

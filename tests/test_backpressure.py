@@ -67,7 +67,9 @@ def first_arrivals(values: list[int]) -> list[int]:
 
 def wait_for_all(subscriber: ProcessSubscriber, count: int, timeout: float) -> list[int]:
     """Poll the subscriber's output (another process: no event) until `count` distinct."""
-    wait_until(lambda: len(set(counters_received(subscriber))) >= count, timeout, "readings")
+    wait_until(
+        lambda: len(set(counters_received(subscriber))) >= count, timeout, "readings", interval=0.2
+    )
     return counters_received(subscriber)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.e2e import DeviceWriters, GatewayProcess
-from tests.test_faults_process import Tally, by_seq, received, sink_stats, wait_for_unique
+from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
 
 GATEWAY_ID = "restarts"
 TOPIC = f"gw/{GATEWAY_ID}/#"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import signal
 import threading
 import time
@@ -24,6 +23,7 @@ from gateway.sources.simulator import VirtualSerialDevice
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.cobs_device import CobsTestDevice, reading_values
 from tests.support.e2e import DeviceWriters
+from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
 
 GATEWAY_ID = "faults"
 TOPIC = f"gw/{GATEWAY_ID}/#"
@@ -83,75 +83,6 @@ type = "mqtt"
 url = "mqtt://127.0.0.1:{broker_port}"
 qos = 1
 {SINK_TUNING}"""
-
-
-# -- what the subscriber got ------------------------------------------------------------------
-
-
-def received(subscriber: ProcessSubscriber) -> list[dict[str, Any]]:
-    """Every reading in arrival order (mosquitto_sub writes "topic payload" lines)."""
-    readings = []
-    with open(subscriber.output.name) as lines:
-        for line in lines:
-            topic, _, payload = line.rstrip("\n").partition(" ")
-            if topic == ProcessSubscriber.READY or topic.endswith("/status"):
-                continue
-            readings.append(json.loads(payload))
-    return readings
-
-
-def wait_for_unique(subscriber: ProcessSubscriber, key, count: int, timeout: float = 60) -> None:
-    """Poll the subscriber's output (another process: no event) until `count` distinct keys."""
-    deadline = time.monotonic() + timeout
-    while True:
-        unique = len({key(reading) for reading in received(subscriber)})
-        if unique >= count:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{unique} of {count} distinct readings after {timeout}s")
-        time.sleep(0.2)
-
-
-class Tally:
-    """Per device: first arrivals in order, and duplicates checked against their original."""
-
-    def __init__(self, readings: list[dict[str, Any]], key, same=None):
-        self.first: dict[str, list[dict[str, Any]]] = {}
-        self.duplicates = 0
-        self.duplicate_lag: list[int] = []  # how far behind the newest seen a duplicate came
-        originals: dict[tuple, dict[str, Any]] = {}
-        newest: dict[str, int] = {}
-        for reading in readings:
-            identity = (reading["device"], key(reading))
-            original = originals.get(identity)
-            if original is None:
-                originals[identity] = reading
-                self.first.setdefault(reading["device"], []).append(reading)
-                newest[reading["device"]] = key(reading)
-                continue
-            agrees = (same or _identical)(reading, original)
-            assert agrees, f"duplicate differs: {original} then {reading}"
-            self.duplicates += 1
-            self.duplicate_lag.append(newest[reading["device"]] - key(reading))
-
-    def counters(self, device: str) -> list[int]:
-        return [reading["data"]["n"] for reading in self.first.get(device, [])]
-
-    @property
-    def unique(self) -> int:
-        return sum(len(items) for items in self.first.values())
-
-
-def _identical(reading: dict[str, Any], original: dict[str, Any]) -> bool:
-    return reading == original
-
-
-def by_seq(reading: dict[str, Any]) -> int:
-    return reading["seq"]
-
-
-def sink_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    return stats["sinks"]["mqtt"]
 
 
 # -- 1. Broker stopped for 10 s mid-stream at 2,000 readings/s ------------------------------

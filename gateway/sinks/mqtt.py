@@ -351,8 +351,9 @@ class MqttSink(Sink):
         resent = self.session.counters["resent"] - self.counters["resent"]
         self.counters["resent"] += resent
         if self.availability:
-            self.session.publish(self.status_topic, b"online", 1, True, None, compat.ticks_ms())
-            self.counters["published"] += 1
+            # First in line, but behind the resent messages: the window may be full of them.
+            self._unsent.appendleft((self.status_topic, b"online", 1, True, None))
+        self._publish_unsent()
         self._flush()
         self._arm_timer()
         self._reported = None

@@ -19,10 +19,18 @@ async def eventually(
         await asyncio.sleep(0.005)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition"):
-    """From a test's own thread: block until predicate() holds (another process's output)."""
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.02,
+) -> None:
+    """From a test's own thread: block until predicate() holds (another process's output).
+
+    `interval` spaces predicates that are costly themselves (re-reading a subscriber's file).
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(interval)
