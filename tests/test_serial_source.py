@@ -684,3 +684,26 @@ def test_a_source_whose_sinks_always_accept_never_pauses(read_mode, accepting):
     source, collector = run(scenario())
     assert collector.lines == lines
     assert source.counters["paused"] == 0 and source.stats()["paused_seconds"] == 0
+
+
+@pytest.mark.parametrize("read_mode", ["fd", "thread"])
+def test_an_unplug_while_paused_is_noticed_and_the_held_lines_are_handed_on(read_mode):
+    lines, data = numbered("line", 50)
+
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            gate = Gate(collector, limit=10)  # never opened
+            source = gated_source(device, collector, gate, read_mode)
+            source.start()
+            await collector.wait_state("connected")
+            await device.write_async(data)
+            await poll_until(lambda: source.counters["paused"] >= 1)
+            read = source.counters["bytes"]
+            device.unplug()
+            await collector.wait_state("waiting")
+            await source.stop()
+            return collector, read
+
+    collector, read = run(scenario())
+    assert collector.lines == lines[: data[:read].count(b"\n")]

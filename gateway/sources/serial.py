@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import time
 from typing import Any, Callable, Protocol
 
@@ -59,6 +60,13 @@ class FrameHandler(Protocol):
     async def command(
         self, name: str, args: dict[str, Any] | None = None, timeout: float = 2.0
     ) -> Any: ...
+
+
+def _hung_up(fd: int) -> bool:
+    """Whether the device behind fd went away (hang-up or error), without reading it."""
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked: POLLHUP, POLLERR and POLLNVAL come anyway
+    return bool(poller.poll(0))
 
 
 class LineFramer:
@@ -380,6 +388,9 @@ class SerialSource:
             if self._gone is None or self._gone.done():
                 return
             if not accepting() or not self._deliver_held() or not accepting():
+                if _hung_up(fd):  # not read while paused: an unplug shows only here
+                    self._device_gone("hung up while paused")
+                    return
                 resume.append(loop.call_later(RESUME_POLL, look))
                 return
             self._pause_ended()
@@ -414,8 +425,11 @@ class SerialSource:
         if self.accepting is None or (self._held is None and self.accepting()):
             return
         self._pause_started()
+        fd = self._serial.fileno() if self._serial is not None else None
         try:
             while not self._stopping and not (self.accepting() and self._deliver_held()):
+                if fd is not None and _hung_up(fd):
+                    return  # the next read fails and reports the device gone
                 await asyncio.sleep(RESUME_POLL)
         finally:
             self._pause_ended()
