@@ -100,6 +100,13 @@ class Scenario:
     mqtt_options: str = ""  # extra [sinks.mqtt] lines
 
     @property
+    def binary_mqtt(self) -> bool:
+        return any(
+            KINDS[route["sink"]] == "mqtt" and route.get("encoding", "json") != "json"
+            for route in self.routes
+        )
+
+    @property
     def kinds(self) -> list[str]:
         return [KINDS[route["sink"]] for route in self.routes]
 
@@ -381,11 +388,13 @@ def _receive_websocket(settings: dict, ready, stop, add) -> None:
 
 
 def _receive_mqtt(settings: dict, ready, stop, add) -> None:
-    """mosquitto_sub (C, its own process) writes `<arrival time> <topic> <hex payload>` lines
-    to a file, which never blocks it; this process follows the file."""
+    """mosquitto_sub (C, its own process) writes `<arrival time> <topic> <payload>` lines
+    (the payload in hex when binary) to a file, which never blocks it; this process follows
+    the file."""
     import subprocess
 
     port = str(settings["port"])
+    hexed = settings["hex"]
     ready_topic = f"overload-ready/{os.getpid()}"
     subprocess.run(
         ["mosquitto_pub", "-p", port, "-t", ready_topic, "-m", "ready", "-r", "-q", "1"],
@@ -394,7 +403,9 @@ def _receive_mqtt(settings: dict, ready, stop, add) -> None:
     command = ["mosquitto_sub", "-p", port, "-q", "1", "-t", ready_topic, "-t", MQTT_TOPIC]
     with tempfile.NamedTemporaryFile(prefix="overload-sub-") as output:
         process = subprocess.Popen(
-            [*command, "-F", "%U %t %x"], stdout=output, stderr=subprocess.DEVNULL
+            [*command, "-F", "%U %t %x" if hexed else "%U %t %p"],
+            stdout=output,
+            stderr=subprocess.DEVNULL,
         )
         try:
             with open(output.name, "rb") as lines:  # our own offset, not the child's
@@ -412,7 +423,7 @@ def _receive_mqtt(settings: dict, ready, stop, add) -> None:
                         if topic.decode() == ready_topic:
                             ready.set()
                         else:
-                            add(bytes.fromhex(payload.decode()), float(at))
+                            add(bytes.fromhex(payload.decode()) if hexed else payload, float(at))
         finally:
             process.kill()
             process.wait()
@@ -579,7 +590,9 @@ def run(scenario: Scenario, timeout: float, stall: float, keep: bool) -> tuple[d
         gateway = GatewayProcess(config, directory)
         gateway.start(api_port)
         ports = {
-            "mqtt": {"port": broker.port if broker else 0},  # the subscriber is never throttled
+            # The subscriber is never throttled; binary payloads come as hex, JSON as it is
+            # (hex doubles what mosquitto_sub writes and this process decodes).
+            "mqtt": {"port": broker.port if broker else 0, "hex": scenario.binary_mqtt},
             "udp": {"port": udp_port},
             "websocket": {"url": f"ws://127.0.0.1:{api_port}/ws"},
         }
