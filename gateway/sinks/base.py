@@ -47,8 +47,10 @@ class Sink:
     spill or write-ahead: see gateway.store.queues; the app hands it over with
     use_queue()), batching, a circuit breaker and retries with capped exponential backoff
     (full jitter). send(items) returns only once every item is confirmed by this sink's own
-    definition (MQTT QoS 1: PUBACK; UDP: datagram sent; WebSocket: handed to every client
-    queue) and raises SinkError otherwise; the queue then keeps the batch, in front.
+    definition (UDP: datagram sent; WebSocket: handed to every client queue) and raises
+    SinkError otherwise; the queue then keeps the batch, in front. A sink that keeps several
+    batches in flight (MQTT) overrides _deliver_until_failure and confirms to the queue
+    itself (queue.confirm, queue.give_back; see gateway.store.queues).
 
     Every open() and send() is bounded by `send_timeout`: a far side that accepts the
     connection but never answers counts as a failure, so the breaker opens. Each sink has

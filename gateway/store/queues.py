@@ -1,7 +1,10 @@
 """Per-sink queues behind one interface: in memory, spilling to disk, or written ahead to disk.
 
-A sink's sender task uses a queue as: put() (never blocks), `ready`, `await take(n)`,
-release(delivered), and the hints sink_failed()/sink_recovered(). The disk queues run the
+A sink's sender task uses a queue as: put() (never blocks), `ready`, `await take(n)` (again
+before earlier takes are confirmed, if it likes: what it took is "out", in order),
+confirm(count) for the oldest out, give_back(delivered) to return the rest, release(ok) for
+one batch at a time, and the hints sink_failed()/sink_recovered(). `room` and `accepting`
+are backpressure: how many readings it takes before it pushes back. The disk queues run the
 SQLite buffer (gateway.store.buffer) on one writer thread per gateway (BufferWriter), so a
 slow disk or an fsync never stalls the event loop, and commit at most once per interval.
 """
