@@ -111,13 +111,8 @@ class Sink:
         return self.queue.put((reading, route))
 
     @property
-    def accepting(self) -> bool:
-        """False while a "block" sink is full: its offers are refused (backpressure)."""
-        return self.queue.accepting
-
-    @property
     def room(self) -> int:
-        """Readings the queue takes for sure before it pushes back."""
+        """Readings the queue takes for sure before it pushes back (0: backpressure)."""
         return self.queue.room
 
     async def settled(self) -> bool:

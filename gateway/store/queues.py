@@ -448,7 +448,7 @@ class MemoryQueue:
 
     @property
     def accepting(self) -> bool:
-        return self.overflow != "block" or len(self._items) < self.capacity
+        return self.room > 0
 
     @property
     def room(self) -> int:
