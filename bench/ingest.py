@@ -24,19 +24,13 @@ from gateway.ingest import Ingest, resolve_routes  # noqa: E402
 from gateway.sinks.mqtt import MqttSink  # noqa: E402
 from gateway.sources.serial import SerialSource  # noqa: E402
 from gateway.store.sequences import SequenceStore  # noqa: E402
+from tests.support.e2e import counter_lines  # noqa: E402
 
 CHUNK = 4095  # what one read of a pty returns at most
 
 
-def lines(count: int) -> bytes:
-    return b"".join(
-        b'{"n":%d,"temperature":21.5,"humidity":40.25,"pressure":1013.2}\n' % n
-        for n in range(count)
-    )
-
-
 async def run(count: int) -> dict:
-    data = lines(count)
+    data = counter_lines(count)
     chunks = [data[start : start + CHUNK] for start in range(0, len(data), CHUNK)]
     sink = MqttSink("mqtt", {"type": "mqtt", "url": "mqtt://127.0.0.1:1"}, "bench")
     preset = presets.resolve(None, "basic")
@@ -46,7 +40,6 @@ async def run(count: int) -> dict:
     serial = SerialSource(
         {"name": "dev-0", "port": "/dev/null"},
         ingest.on_line,
-        accepting=ingest.accepting,
         room=ingest.room,
     )
     queue = sink.queue

@@ -169,7 +169,7 @@ def _serial_source(
     source: dict[str, Any], ingest: Ingest, sessions: dict[str, list]
 ) -> SerialSource:
     if source.get("framing") != "cobs":
-        return SerialSource(source, ingest.on_line, accepting=ingest.accepting, room=ingest.room)
+        return SerialSource(source, ingest.on_line, room=ingest.room)
     link = CobsLink(source["name"], memory=sessions, accepting=ingest.accepting)
     handler = CobsHandler(link, ingest.on_data, ingest.settle)
     return SerialSource(source, ingest.on_line, handler=handler)

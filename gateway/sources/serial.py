@@ -133,10 +133,11 @@ class SerialSource:
     framing = "cobs" needs a `handler` (cobs_link.CobsHandler): it gets the raw chunks instead
     of on_line, and write() to talk back to the device.
 
-    `accepting()` is backpressure: when it turns False after a chunk, the source stops
-    reading the port until it turns True again. The device (a USB CDC port, a pty) then
-    waits in its own write; nothing is read that could not be kept. `paused` counts the
-    pauses and `paused_seconds` their length.
+    `room()` is backpressure (Ingest.room: how many more lines the sinks take for sure;
+    `accepting()`, a yes or no, will do too): when it says none, the source holds the rest
+    of the chunk and stops reading the port until there is room again. The device (a USB
+    CDC port, a pty) then waits in its own write; nothing is read that could not be kept.
+    `paused` counts the pauses and `paused_seconds` their length.
     """
 
     def __init__(
@@ -170,9 +171,9 @@ class SerialSource:
         )
         self.on_line = on_line
         self.on_event = on_event
-        self.accepting = accepting
-        # How many lines may go on before accepting() must be asked again (Ingest.room).
-        self.room = room or (lambda: 1 if accepting is None or accepting() else 0)
+        if room is None and accepting is not None:
+            room = lambda: 1 if accepting() else 0  # noqa: E731 - asked before every line
+        self.room = room  # None: no backpressure
         self.paused_seconds = 0.0
         self._paused_since: float | None = None
         self._held: tuple[list[bytes], int, float] | None = None  # lines not yet taken
@@ -363,7 +364,7 @@ class SerialSource:
         self._gone = loop.create_future()
         self._fd = fd
         self._write_fd()
-        accepting = self.accepting
+        room = self.room
         resume: list[asyncio.TimerHandle] = []  # the pending look while paused
 
         def readable() -> None:
@@ -378,7 +379,7 @@ class SerialSource:
                 self._device_gone("end of file")
                 return
             self._receive(chunk, time.time())
-            if accepting is not None and (self._held is not None or not accepting()):
+            if room is not None and (self._held is not None or room() <= 0):
                 loop.remove_reader(fd)
                 self._pause_started()
                 resume.append(loop.call_later(RESUME_POLL, look))
@@ -387,7 +388,7 @@ class SerialSource:
             resume.clear()
             if self._gone is None or self._gone.done():
                 return
-            if not accepting() or not self._deliver_held() or not accepting():
+            if room() <= 0 or not self._deliver_held() or room() <= 0:
                 if _hung_up(fd):  # not read while paused: an unplug shows only here
                     self._device_gone("hung up while paused")
                     return
@@ -422,12 +423,13 @@ class SerialSource:
         return None
 
     async def _wait_until_accepting(self) -> None:
-        if self.accepting is None or (self._held is None and self.accepting()):
+        room = self.room
+        if room is None or (self._held is None and room() > 0):
             return
         self._pause_started()
         fd = self._serial.fileno() if self._serial is not None else None
         try:
-            while not self._stopping and not (self.accepting() and self._deliver_held()):
+            while not self._stopping and not (room() > 0 and self._deliver_held()):
                 if fd is not None and _hung_up(fd):
                     return  # the next read fails and reports the device gone
                 await asyncio.sleep(RESUME_POLL)
@@ -453,14 +455,14 @@ class SerialSource:
         self.counters["bytes"] += len(chunk)
         self._deliver(self._framer.feed(chunk), 0, ts)
 
-    def _deliver(self, lines: list[bytes], start: int, ts: float) -> None:
-        """Hand lines on from `start`; when the sinks stop accepting, hold the rest.
+    def _deliver(self, lines: list[bytes], start: int, ts: float, force: bool = False) -> None:
+        """Hand lines on from `start`; when the sinks have no room, hold the rest.
 
-        Checked before every line (through room(), which says how many lines may pass before
-        the next look), so a "block" queue is never offered more than it takes and nothing
-        read from the port is refused.
+        Looked at before every line (room() says how many may pass before the next look),
+        so a "block" queue is never offered more than it takes and nothing read from the
+        port is refused. `force` hands everything on (the sinks' overflow policies decide).
         """
-        checked = self.accepting is not None
+        checked = self.room is not None and not force
         room = 0
         for index in range(start, len(lines)):
             if checked and room <= 0:
@@ -489,20 +491,13 @@ class SerialSource:
                 )
 
     def _deliver_held(self, force: bool = False) -> bool:
-        """Hand on the lines held back; True when none are left. `force` ignores accepting
+        """Hand on the lines held back; True when none are left. `force` ignores room
         (the port is closing: the sinks' overflow policies decide)."""
         held, self._held = self._held, None
         if held is None:
             return True
         lines, start, ts = held
-        if force:
-            room, self.room = self.room, lambda: len(lines)
-            try:
-                self._deliver(lines, start, ts)
-            finally:
-                self.room = room
-            return True
-        self._deliver(lines, start, ts)
+        self._deliver(lines, start, ts, force)
         return self._held is None
 
     def _receive_frames(self, chunk: bytes, ts: float) -> None:
