@@ -13,6 +13,7 @@ import pytest
 
 from gateway.sources.simulator import VirtualSerialDevice
 from tests.support.broker import ProcessSubscriber, free_port
+from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import PtyFlood, counter_lines
 from tests.support.throttle import ThrottledProxy
 from tests.support.waiting import wait_until
@@ -23,31 +24,9 @@ RSS_BOUND_MB = 64
 
 
 def config(device: str, broker_port: int, api_port: int, buffer: str, sink_extra: str) -> str:
-    return f"""
-[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "./var"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-
-[[sources]]
-name = "dev-0"
-port = "{device}"
-stream = "counter"
-preset = "flood"
-
-[presets.flood]
-extends = "basic"
-buffer = "{buffer}"
-
-[sinks.mqtt]
-type = "mqtt"
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-retry = {{ base = "0.1s", cap = "1s" }}
-{sink_extra}
-"""
+    sources = [line_source("dev-0", device, 'stream = "counter"')]
+    sink_keys = 'retry = { base = "0.1s", cap = "1s" }\n' + sink_extra
+    return gateway_toml(GATEWAY_ID, api_port, broker_port, sources, buffer, sink_keys)
 
 
 def counters_received(subscriber: ProcessSubscriber) -> list[int]:

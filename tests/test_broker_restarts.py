@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.support.broker import ProcessSubscriber, free_port
+from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters, GatewayProcess
 from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
 
@@ -34,31 +35,9 @@ LINE = b'{"n":%d,"t":%d,"sent":%.6f}\n'
 
 def restart_config(device_path: str, broker_port: int, api_port: int) -> str:
     # No breaker or retry table: the defaults (5 failures, 30 s; 0.5 s … 60 s) are under test.
-    return f"""
-[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "./var"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-
-[[sources]]
-name = "dev-0"
-port = "{device_path}"
-format = "json"
-stream = "counter"
-preset = "restarts"
-
-[presets.restarts]
-extends = "basic"
-buffer = "spill"
-
-[sinks.mqtt]
-type = "mqtt"
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-max_inflight = {MAX_INFLIGHT}
-"""
+    sources = [line_source("dev-0", device_path)]
+    sink_keys = f"max_inflight = {MAX_INFLIGHT}"
+    return gateway_toml(GATEWAY_ID, api_port, broker_port, sources, "spill", sink_keys)
 
 
 class Stream:

@@ -636,10 +636,9 @@ def test_a_write_backlog_at_its_limit_stops_accepting_until_the_commit(tmp_path,
 
 @pytest.mark.parametrize("kind", ["write_ahead", "spill_on_disk"])
 def test_a_sync_right_after_a_confirm_commits_the_deletion(tmp_path, kind):
-    # BufferWriter.sync() posts every queue's pending puts but not its pending confirmations
-    # (DiskQueue._post_confirms runs from a call_soon), so its commit misses a confirm made
-    # just before: the delivered rows are still in the table, and would be sent again after
-    # a crash at that point.
+    # A confirm is posted to the writer from a call_soon (one deletion per loop step), so
+    # BufferWriter.sync() must post pending confirmations itself; otherwise its commit would
+    # miss a confirm made just before, and the delivered rows be sent again after a crash.
     async def scenario():
         rig = QueueRig(kind, tmp_path)
         queue = rig.queue

@@ -22,6 +22,7 @@ from gateway.core import protocol
 from gateway.sources.simulator import VirtualSerialDevice
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.cobs_device import CobsTestDevice, reading_values
+from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters
 from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
 
@@ -35,54 +36,13 @@ retry = { base = "0.1s", cap = "1s" }
 
 
 def line_config(device_paths: list[str], broker_port: int, api_port: int) -> str:
-    sources = "".join(
-        f'\n[[sources]]\nname = "dev-{i}"\nport = "{path}"\nformat = "json"\n'
-        f'stream = "counter"\npreset = "durable"\n'
-        for i, path in enumerate(device_paths)
-    )
-    return f"""
-[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "./var"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-{sources}
-[presets.durable]
-extends = "basic"
-buffer = "spill"
-
-[sinks.mqtt]
-type = "mqtt"
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-{SINK_TUNING}"""
+    sources = [line_source(f"dev-{i}", path) for i, path in enumerate(device_paths)]
+    return gateway_toml(GATEWAY_ID, api_port, broker_port, sources, "spill", SINK_TUNING)
 
 
 def cobs_config(device_path: str, broker_port: int, api_port: int) -> str:
-    return f"""
-[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "./var"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-
-[[sources]]
-name = "node-port"
-port = "{device_path}"
-framing = "cobs"
-preset = "durable"
-
-[presets.durable]
-extends = "basic"
-buffer = "write_ahead"
-
-[sinks.mqtt]
-type = "mqtt"
-url = "mqtt://127.0.0.1:{broker_port}"
-qos = 1
-{SINK_TUNING}"""
+    sources = [line_source("node-port", device_path, 'framing = "cobs"')]
+    return gateway_toml(GATEWAY_ID, api_port, broker_port, sources, "write_ahead", SINK_TUNING)
 
 
 # -- 1. Broker stopped for 10 s mid-stream at 2,000 readings/s ------------------------------

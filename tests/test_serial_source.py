@@ -594,6 +594,18 @@ async def fill_while_paused(device: VirtualSerialDevice, data: bytes, gate: Gate
     raise AssertionError(f"the pty kept taking bytes ({written} so far): the source reads")
 
 
+async def paused_after_ten(device: VirtualSerialDevice, data: bytes, read_mode: str):
+    """A started source whose gate (never opened) paused it after 10 lines of `data`."""
+    collector = Collector()
+    gate = Gate(collector, limit=10)
+    source = gated_source(device, collector, gate, read_mode)
+    source.start()
+    await collector.wait_state("connected")
+    await device.write_async(data)
+    await poll_until(lambda: source.counters["paused"] >= 1)
+    return collector, gate, source
+
+
 def numbered(prefix: str, count: int) -> tuple[list[str], bytes]:
     lines = [f"{prefix} {index:07d}" for index in range(count)]
     return lines, "".join(line + "\n" for line in lines).encode()
@@ -645,13 +657,7 @@ def test_lines_held_by_a_pause_are_handed_on_when_the_port_closes(read_mode):
 
     async def scenario():
         with VirtualSerialDevice() as device:
-            collector = Collector()
-            gate = Gate(collector, limit=10)  # never opened
-            source = gated_source(device, collector, gate, read_mode)
-            source.start()
-            await collector.wait_state("connected")
-            await device.write_async(data)
-            await poll_until(lambda: source.counters["paused"] >= 1)
+            collector, gate, source = await paused_after_ten(device, data, read_mode)
             await gate.looked_again()
             assert collector.lines == lines[:10]
             read = source.counters["bytes"]
@@ -692,13 +698,7 @@ def test_an_unplug_while_paused_is_noticed_and_the_held_lines_are_handed_on(read
 
     async def scenario():
         with VirtualSerialDevice() as device:
-            collector = Collector()
-            gate = Gate(collector, limit=10)  # never opened
-            source = gated_source(device, collector, gate, read_mode)
-            source.start()
-            await collector.wait_state("connected")
-            await device.write_async(data)
-            await poll_until(lambda: source.counters["paused"] >= 1)
+            collector, _gate, source = await paused_after_ten(device, data, read_mode)
             read = source.counters["bytes"]
             device.unplug()
             await collector.wait_state("waiting")
