@@ -13,11 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Mosquitto is the real broker the tests and the demo talk to.
+# Mosquitto is the real broker the tests and the demo talk to; openssl makes the
+# self-signed certificate of the TLS listener test.
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || ( (command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq mosquitto mosquitto-clients)) || \
 		echo "install mosquitto to publish to MQTT" )
+	@command -v openssl >/dev/null 2>&1 || ( command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq openssl )
 
 demo: $(STAMP) system-deps
 	$(BIN)/gateway demo --seconds $(DEMO_SECONDS)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from typing import Any
 
 from gateway import sinks as sink_registry
@@ -29,12 +28,12 @@ class Gateway:
         self.config = config
         self.gateway_id = config["gateway"]["id"]
         self.data_dir = config["gateway"]["data_dir"]
-        self.api = ApiServer(config["api"]["listen"])
+        self.api = ApiServer(api=config["api"])
         self.sinks: dict[str, Sink] = {
             name: sink_registry.create(name, options, self.gateway_id, self.api)
             for name, options in config["sinks"].items()
         }
-        self.sequences = SequenceStore(os.path.join(self.data_dir, "sequences.json"))
+        self.sequences = SequenceStore.in_directory(self.data_dir)
         self.simulated: list[SimulatedDevice] = []
         self.sources: list[SerialSource] = []
         self.ingests: list[Ingest] = []
@@ -48,6 +47,7 @@ class Gateway:
         self.buffers.attach(self.sinks, self._policies)
         self.api.add_http("GET", "/api/v1/health", self._health_response)
         self._tasks: list[asyncio.Task] = []
+        self._sink_locks: dict[str, asyncio.Lock] = {}
 
     def _add_source(self, source: dict[str, Any]) -> None:
         preset = presets.resolve(self.config, source["preset"])
@@ -65,7 +65,24 @@ class Gateway:
             self.simulated.append(device)
             source = {**source, "port": device.path}
         self.ingests.append(ingest)
-        self.sources.append(_serial_source(source, ingest, self.device_sessions))
+        on_event = self._discovery(source, preset, routes)
+        self.sources.append(_serial_source(source, ingest, self.device_sessions, on_event))
+
+    def _discovery(self, source: dict[str, Any], preset: dict[str, Any], routes: list) -> Any:
+        """discovery = true: the MQTT sinks announce the device to Home Assistant and publish
+        its status, which follows the source's link (the returned event handler)."""
+        if not preset.get("discovery"):
+            return None
+        watchers = [sink for sink, _route in routes if hasattr(sink, "watch_device")]
+        model = f"{source.get('framing', 'lines')} device on a serial port"
+        for sink in dict.fromkeys(watchers):
+            sink.watch_device(source["name"], model, self.data_dir)
+
+        def on_event(state: str, detail: dict[str, Any]) -> None:
+            for sink in watchers:
+                sink.device_link(source["name"], state == "connected")
+
+        return on_event if watchers else None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set, then shut down in order: sources, pipelines, sinks."""
@@ -90,6 +107,19 @@ class Gateway:
         ]
         await stop.wait()
         await self.shutdown()
+
+    async def set_sink_enabled(self, name: str, enabled: bool) -> None:
+        """Disable a sink (it keeps buffering) or enable it again (it drains its buffer)."""
+        sink = self.sinks[name]
+        # One change at a time per sink: an enable during a disable would start a second sender.
+        lock = self._sink_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if not enabled:
+                await sink.disable()
+                return
+            task = sink.enable()
+            if task is not None:
+                self._tasks.append(task)
 
     async def shutdown(self) -> None:
         log.info("gateway %s stopping", self.gateway_id)
@@ -116,6 +146,7 @@ class Gateway:
         totals = {
             "readings": sum(ingest.counters["readings"] for ingest in self.ingests),
             "parse_errors": sum(ingest.counters["parse_errors"] for ingest in self.ingests),
+            "dropped_lines": _dropped_lines(sources.values()),
             "delivered": {name: sink.counters["delivered"] for name, sink in self.sinks.items()},
         }
         return {
@@ -123,27 +154,108 @@ class Gateway:
             "sources": sources,
             "sinks": sinks,
             "store": self.buffers.stats(),
+            "sequences": self.sequences.stats(),
             "totals": totals,
         }
 
     def health(self) -> dict[str, Any]:
-        components = {f"source:{source.name}": source.state for source in self.sources}
-        components.update(
-            {
-                f"sink:{name}": "connected" if sink.connected else "disconnected"
-                for name, sink in self.sinks.items()
-            }
-        )
-        ready = all(state in ("connected",) for state in components.values())
+        """`status` is "ok", "degraded" (something needs a look: a source waiting for its
+        device, a sink disconnected or its breaker open, a buffer past BUFFER_WARN of its
+        bound, the disk store failed) or "failing" (nothing can be delivered: no enabled
+        sink is connected, or no reading can be numbered). `reasons` says why, per
+        component that is not fine; `ready` is every source and sink connected."""
+        components: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        for source in self.sources:
+            key = f"source:{source.name}"
+            components[key] = source.state
+            if source.state != "connected" and source.state != "stopped":
+                reasons[key] = source.stats().get("hint") or "waiting for its device"
+        for name, sink in self.sinks.items():
+            key = f"sink:{name}"
+            components[key], reason = _sink_health(sink)
+            if reason:
+                reasons[key] = reason
+        ready = all(state == "connected" for state in components.values())
         store = self.buffers.health()
         if store is not None:  # the disk buffer degrades durability, not readiness
             components["store"] = store
-        status = "degraded" if store and store != "ok" else "ok"
-        return {"status": status, "ready": ready, "components": components}
+            if store != "ok":
+                reasons["store"] = store
+        components["sequences"] = self.sequences.health()
+        if components["sequences"] != "ok":
+            reasons["sequences"] = components["sequences"] + " (sources pause: no numbers)"
+        return {
+            "status": self._status(reasons),
+            "ready": ready,
+            "components": components,
+            "reasons": reasons,
+        }
+
+    def _status(self, reasons: dict[str, str]) -> str:
+        enabled = [sink for sink in self.sinks.values() if sink.enabled]
+        if "sequences" in reasons or (enabled and not any(s.connected for s in enabled)):
+            return "failing"
+        return "degraded" if reasons else "ok"
 
     def _health_response(self, request: Any) -> tuple[int, dict[str, str], bytes]:
         body = json.dumps({**self.health(), "stats": self.stats()}).encode()
         return 200, {"Content-Type": "application/json"}, body
+
+
+# A sink's buffer this full (of its queue_size in memory, or of its max_bytes on disk) makes
+# the gateway "degraded": it is behind, and at the bound its overflow policy acts.
+BUFFER_WARN = 0.8
+
+
+def _sink_health(sink: Sink) -> tuple[str, str | None]:
+    """(state, reason when it needs a look) of one sink for health()."""
+    if not sink.enabled:
+        return "disabled", None  # asked for (PATCH /sinks): not a fault
+    stats = sink.stats()
+    breaker = stats["breaker"]["state"]
+    state = "connected" if sink.connected else "disconnected"
+    if breaker == "open":
+        state = "breaker open"
+        retry = stats["breaker"]["next_probe_in"]
+        return (
+            state,
+            f"breaker open after repeated failures ({sink.last_error}); next try in {retry:g} s",
+        )
+    if not sink.connected:
+        return state, f"disconnected ({sink.last_error or 'not connected yet'})"
+    return state, _buffer_reason(sink, stats["buffer"])
+
+
+def _buffer_reason(sink: Sink, buffer: dict[str, Any]) -> str | None:
+    memory = buffer.get("memory", 0) / max(1, sink.capacity)
+    max_bytes = (sink.options.get("buffer") or {}).get("max_bytes") or 0
+    disk = buffer.get("bytes", 0) / max_bytes if max_bytes and buffer.get("disk") else 0.0
+    fill = max(memory, disk)
+    if fill < BUFFER_WARN:
+        return None
+    where = "on disk, of max_bytes" if disk >= memory else "in memory, of queue_size"
+    return f"buffer {fill:.0%} full ({where}); behind its sources"
+
+
+# Why a line or record never became a reading: the source's rejects, then the ingest's.
+DROPPED_LINE_REASONS = (
+    "oversize",
+    "invalid_utf8",
+    "partial_at_disconnect",
+    "parse_errors",
+    "pipeline_errors",
+    "skipped",
+)
+
+
+def _dropped_lines(sources: Any) -> dict[str, int]:
+    """Every line dropped by all sources, by reason (what the stop summary adds up)."""
+    totals = dict.fromkeys(DROPPED_LINE_REASONS, 0)
+    for counters in sources:
+        for reason in DROPPED_LINE_REASONS:
+            totals[reason] += counters.get(reason, 0)
+    return totals
 
 
 def _buffer_store(gateway: dict[str, Any]) -> BufferStore:
@@ -166,10 +278,10 @@ def _ingest_options(source: dict[str, Any]) -> dict[str, Any]:
 
 
 def _serial_source(
-    source: dict[str, Any], ingest: Ingest, sessions: dict[str, list]
+    source: dict[str, Any], ingest: Ingest, sessions: dict[str, list], on_event: Any = None
 ) -> SerialSource:
     if source.get("framing") != "cobs":
-        return SerialSource(source, ingest.on_line, room=ingest.room)
+        return SerialSource(source, ingest.on_line, on_event, room=ingest.room)
     link = CobsLink(source["name"], memory=sessions, accepting=ingest.accepting)
     handler = CobsHandler(link, ingest.on_data, ingest.settle)
-    return SerialSource(source, ingest.on_line, handler=handler)
+    return SerialSource(source, ingest.on_line, on_event, handler=handler)

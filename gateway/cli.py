@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check, presets, buffer, demo.
+"""The `gateway` command: run, check, presets, buffer, token, replay, demo.
 
 Exit codes: 0 success; 1 runtime failure; 2 invalid configuration or usage; 3 a question
 answered "no" (`gateway buffer purge`), nothing changed.
@@ -77,10 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate a config file; exit 0 valid, 2 invalid")
     check.add_argument("-c", "--config", default="gateway.toml")
 
-    listing = commands.add_parser("presets", help="list built-in presets, or print one as TOML")
+    listing = commands.add_parser(
+        "presets", help="list the presets (built-in, and a config's with -c), or print one"
+    )
     listing.add_argument("name", nargs="?")
+    listing.add_argument(
+        "-c", "--config", help="a gateway.toml whose own [presets.NAME] are listed too"
+    )
 
     _add_buffer_parser(commands)
+    _add_token_parser(commands)
+    _add_replay_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="simulated devices on ptys through the real serial path"
@@ -101,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "check": command_check,
         "presets": command_presets,
         "buffer": command_buffer,
+        "token": command_token,
         "demo": command_demo,
+        "replay": command_replay,
     }
     try:
         return handlers[arguments.command](arguments)
@@ -121,16 +130,81 @@ def command_check(arguments: argparse.Namespace) -> int:
 
 
 def command_presets(arguments: argparse.Namespace) -> int:
+    config = None
+    if arguments.config:
+        try:
+            config = load(arguments.config)
+        except ConfigError as error:
+            for line in error.errors:
+                print(line, file=sys.stderr)
+            return EXIT_INVALID
     if arguments.name is None:
-        for preset in presets.available():
-            print(f"{preset['name']:16} {preset['description']}")
+        for preset in presets.available(config):
+            origin = "" if preset["builtin"] else "  (" + (arguments.config or "") + ")"
+            print(f"{preset['name']:16} {preset['description']}{origin}")
         return EXIT_OK
-    if arguments.name not in presets.BUILTIN_NAMES:
-        known = ", ".join(presets.BUILTIN_NAMES)
-        print(f"unknown preset {arguments.name!r}; built-in presets: {known}", file=sys.stderr)
+    known = presets.names(config)
+    if arguments.name not in known:
+        where = "presets" if config else "built-in presets (-c FILE for a config's own)"
+        print(f"unknown preset {arguments.name!r}; {where}: {', '.join(known)}", file=sys.stderr)
         return EXIT_INVALID
-    print(presets.builtin_text(arguments.name), end="")
+    if arguments.name in presets.BUILTIN_NAMES:
+        print(_pasteable_builtin(arguments.name), end="")
+    else:
+        print(_preset_toml(arguments.name, presets.resolve(config, arguments.name)), end="")
     return EXIT_OK
+
+
+def _pasteable_builtin(name: str) -> str:
+    """A built-in preset as a table to paste into gateway.toml (built-in names are taken)."""
+    header = (
+        f"# The built-in preset {name!r}, as a preset of your own: paste it into gateway.toml,\n"
+        f'# edit it and set preset = "my_{name}" on a source (or keep only what you change\n'
+        f'# and add extends = "{name}").\n'
+        f"[presets.my_{name}]\n"
+    )
+    return header + presets.builtin_text(name)
+
+
+# What `gateway presets -c FILE NAME` prints of a user preset, in this order: its effective
+# settings after `extends` is applied (durations in seconds).
+PRESET_KEYS = ("description", "buffer", "device_time", "discovery", "steps", "routes")
+
+
+def _preset_toml(name: str, resolved: dict[str, Any]) -> str:
+    chain = " -> ".join([name, *resolved.get("extends", [])])
+    lines = [f"# {chain}: the effective preset, every extends applied", f"[presets.{name}]"]
+    for key in PRESET_KEYS:
+        value = resolved.get(key)
+        if value is None:
+            continue
+        if key in ("steps", "routes"):
+            items = "".join(f"  {_toml_value(item)},\n" for item in value)
+            lines.append(f"{key} = [\n{items}]" if value else f"{key} = []")
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal for config values: strings, numbers, booleans, arrays, tables."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        pairs = (f"{_toml_key(key)} = {_toml_value(item)}" for key, item in value.items())
+        return "{ " + ", ".join(pairs) + " }"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def _toml_key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
 
 
 def command_run(arguments: argparse.Namespace) -> int:
@@ -161,28 +235,22 @@ def demo_config(arguments: argparse.Namespace) -> dict[str, Any]:
 
 
 def command_demo(arguments: argparse.Namespace) -> int:
+    from gateway.demo import Demo
+
     config = demo_config(arguments)
-    listen = config["api"]["listen"]
-    udp_targets = [
-        target
-        for sink in config["sinks"].values()
-        if sink["type"] == "udp"
-        for target in sink["targets"]
-    ]
-    mqtt_urls = [sink["url"] for sink in config["sinks"].values() if sink["type"] == "mqtt"]
-    print("gateway demo: simulated devices on ptys, read through the real serial path")
-    print(f"  WebSocket:  ws://{listen}/ws   (health: http://{listen}/api/v1/health)")
-    print(f"  UDP:        {', '.join(udp_targets)}")
-    print(f"  MQTT:       {', '.join(mqtt_urls)}  topic gw/{config['gateway']['id']}/#")
+    print("gateway demo: simulated devices on ptys, read through the real serial path,")
+    print("to MQTT, UDP and WebSocket, each counted by a receiver of the demo's own")
     print(
         "  stop with Ctrl-C" if not arguments.seconds else f"  stops after {arguments.seconds:g} s"
     )
-    return run_gateway(config, seconds=arguments.seconds, report_every=5.0)
+    return run_gateway(config, seconds=arguments.seconds, report_every=5.0, demo=Demo())
 
 
-def run_gateway(config: dict[str, Any], seconds: float = 0, report_every: float = 0) -> int:
+def run_gateway(
+    config: dict[str, Any], seconds: float = 0, report_every: float = 0, demo: Any = None
+) -> int:
     try:
-        return asyncio.run(_run(config, seconds, report_every))
+        return asyncio.run(_run(config, seconds, report_every, demo))
     except OSError as error:
         log.error("cannot start: %s", error)
         return EXIT_RUNTIME
@@ -197,12 +265,33 @@ def _tune_garbage_collector() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
-async def _run(config: dict[str, Any], seconds: float, report_every: float) -> int:
+async def _run(
+    config: dict[str, Any], seconds: float, report_every: float, demo: Any = None
+) -> int:
+    """Run a gateway until a signal (or `seconds`); `demo` (gateway.demo.Demo) brings its
+    own receivers up first, rewriting the config to reach them, and reports what arrived."""
+    if demo is not None:
+        await demo.start(config)
+        print("watch the outputs with:")
+        for command in demo.commands:
+            print(f"  {command}")
+    try:
+        return await _run_until_stopped(config, seconds, report_every, demo)
+    finally:
+        if demo is not None:
+            await demo.stop()
+
+
+async def _run_until_stopped(
+    config: dict[str, Any], seconds: float, report_every: float, demo: Any
+) -> int:
+    from gateway.api.control import ControlPlane
     from gateway.app import Gateway
     from gateway.store.buffer import StoreLocked
 
     try:
         gateway = Gateway(config)
+        ControlPlane(gateway).install()
     except ValueError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID
@@ -223,7 +312,111 @@ async def _run(config: dict[str, Any], seconds: float, report_every: float) -> i
         handle.cancel()
     if reporter:
         reporter.cancel()
-    print(json.dumps(gateway.stats()["totals"]))
+    stats = gateway.stats()
+    print(json.dumps(stats["totals"]))
+    if demo is not None:
+        await demo.caught_up(stats)
+        print(demo.summary(stats))
+    return EXIT_OK
+
+
+# -- gateway replay -------------------------------------------------------------------------
+
+
+def _add_replay_parser(commands: Any) -> None:
+    replay = commands.add_parser(
+        "replay",
+        help="send recordings (recorder files) back through a sink, or print them",
+        description="Exit codes: 0 all sent; 1 readings left undelivered, or a file cannot "
+        "be read; 2 invalid config, unknown sink or usage.",
+    )
+    replay.add_argument("files", nargs="+", help="recording files or directories of them")
+    target = replay.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="SINK", help="a sink of the config")
+    target.add_argument("--stdout", action="store_true", help="print JSON lines instead")
+    replay.add_argument("-c", "--config", default="gateway.toml")
+    replay.add_argument(
+        "--fast",
+        action="store_true",
+        help="as fast as the sink takes them (default: recorded pace)",
+    )
+
+
+def command_replay(arguments: argparse.Namespace) -> int:
+    from gateway.sinks.recorder import Recording
+
+    recording = Recording(arguments.files)
+    try:
+        if arguments.stdout:
+            for reading in recording:
+                sys.stdout.write(json.dumps(reading) + "\n")
+            sys.stdout.flush()
+            return EXIT_OK
+        return _replay_to_sink(recording, arguments)
+    except OSError as error:
+        print(f"cannot read a recording: {error}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _replay_to_sink(recording: Any, arguments: argparse.Namespace) -> int:
+    from gateway import sinks
+    from gateway.sinks.replay import replay, replay_options
+
+    try:
+        config = load(arguments.config)
+    except ConfigError as error:
+        for line in error.errors:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    options = config["sinks"].get(arguments.to)
+    if options is None:
+        return _unknown_sink(arguments.to, list(config["sinks"]), [])
+    try:
+        sink = sinks.create(arguments.to, replay_options(options), config["gateway"]["id"])
+    except ValueError as error:
+        print(f"{error} (replay sends through sinks that need no API listener)", file=sys.stderr)
+        return EXIT_INVALID
+    left = asyncio.run(replay(recording, sink, paced=not arguments.fast))
+    delivered = sink.counters["delivered"]
+    print(f"replayed {delivered} readings to {arguments.to}; {recording.skipped} lines skipped")
+    if left:
+        print(f"{left} readings not delivered: {sink.last_error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+# -- gateway token --------------------------------------------------------------------------
+
+
+def _add_token_parser(commands: Any) -> None:
+    from gateway.api.security import ROLES
+
+    token = commands.add_parser("token", help="make API bearer tokens")
+    actions = token.add_subparsers(dest="action", required=True)
+    new = actions.add_parser(
+        "new",
+        help="print a new token once, and the [api] tokens entry (its SHA-256) to paste",
+    )
+    new.add_argument("--name", required=True, help="the token's name (shown in 403 answers)")
+    new.add_argument("--role", required=True, choices=ROLES)
+
+
+def command_token(arguments: argparse.Namespace) -> int:
+    from gateway.api.security import new_token
+    from gateway.config.schema import Invalid
+    from gateway.config.schema import name as valid_name
+
+    try:
+        valid_name(arguments.name)
+    except Invalid as bad:
+        print(f"--name: expected {bad.expected}, got {arguments.name!r}", file=sys.stderr)
+        return EXIT_INVALID
+    token, digest = new_token()
+    entry = f'{{ name = "{arguments.name}", role = "{arguments.role}", sha256 = "{digest}" }}'
+    print(token)
+    print("# The token above is shown only now; the config keeps only its SHA-256.")
+    print("# Add this entry to [api] tokens in gateway.toml:")
+    print(f"tokens = [{entry}]")
     return EXIT_OK
 
 

@@ -7,11 +7,11 @@ from collections import Counter
 from typing import Any
 
 from gateway.config.schema import ROUTE_KEYS
-from gateway.core.parsers import ParseError, make_parser
+from gateway.core.parsers import ParseError, Skipped, make_parser
 from gateway.core.pipeline import Pipeline
 from gateway.sinks.base import Sink
 from gateway.store.queues import UNBOUNDED
-from gateway.store.sequences import SequenceStore
+from gateway.store.sequences import SequenceStore, SequenceUnavailable
 from gateway.throttled_log import ThrottledLog
 
 log = logging.getLogger("gateway.ingest")
@@ -51,31 +51,62 @@ class Ingest:
             source.get("format", "json"),
             fields=source.get("fields"),
             pattern=source.get("pattern"),
-            delimiter=source.get("delimiter", ","),
+            delimiter=source.get("delimiter"),  # None: the format's own default
+            sentences=source.get("sentences"),
+            header=source.get("header") or False,
+            decimal=source.get("decimal") or ".",
         )
         self.pipeline = Pipeline(preset.get("steps", []))
         self.keep_device_time = preset.get("device_time", True)
         self.routes = routes
         self.sequences = sequences
-        self.counters: Counter = Counter()
+        self._counters: Counter = Counter()
         self._problems = ThrottledLog(log)
         # Each routed sink once, for settle(); a refusal by a "block" sink since the last one.
         self._sinks = list({id(sink): sink for sink, _route in routes}.values())
         self._refused = False
         self._ts = self._rounded_ts = None  # lines of one chunk share their receive time
+        self._has_steps = bool(self.pipeline.steps)
+        # Per-reading counts kept as plain ints (the hot path); counts() merges them.
+        self._parsed = self._readings = 0
+        self._skipped: dict[str, int] = {}  # lines skipped by design, by kind (GSV, header)
 
     def on_line(self, text: str, ts: float) -> None:
-        """A line from a line-framed source: parse it, then on to on_data."""
+        """A line from a line-framed source: parse it, then on as on_data does.
+
+        The hot path (tens of thousands of lines a second): the envelope is built here
+        rather than through on_data, and a preset without steps skips the pipeline.
+        """
         try:
             data = self.parse(text)
+        except Skipped as skip:  # before ParseError, its base: skipped by design, no error
+            if not skip.held:  # a GSV part waiting for the rest of its group is neither
+                self._counters["skipped"] += 1
+                self._skipped[skip.kind] = self._skipped.get(skip.kind, 0) + 1
+            return
         except ParseError as error:
-            self.counters["parse_errors"] += 1
+            self._counters["parse_errors"] += 1
             self._problems.warning("parse", "source %s: bad line dropped: %s", self.device, error)
             return
-        self.counters["parsed"] += 1  # "lines" is the source's count of lines received
+        self._parsed += 1  # "lines" is the source's count of lines received
+        if ts is not self._ts:
+            self._ts, self._rounded_ts = ts, round(ts, 6)
         stream = data.pop("stream", None)
+        reading = {
+            "gateway": self.gateway_id,
+            "device": self.device,
+            "stream": self.default_stream if stream is None else str(stream),
+            "seq": 0,
+            "ts": self._rounded_ts,
+        }
         device_time = data.pop("dts", None)
-        self.on_data(data, ts, stream=stream, device_time=device_time)
+        if device_time is not None and self.keep_device_time:
+            reading["dts"] = device_time
+        reading["data"] = data
+        if self._has_steps:
+            self._process(reading, data)
+        else:
+            self._offer(reading)
 
     def on_data(
         self,
@@ -85,7 +116,7 @@ class Ingest:
         device_time: Any = None,
         device: str | None = None,
     ) -> None:
-        """One record of named values (a parsed line, or a reading from a COBS frame)."""
+        """One record of named values (a reading from a COBS frame, or a parsed line)."""
         if ts is not self._ts:
             self._ts, self._rounded_ts = ts, round(ts, 6)
         reading = {
@@ -98,15 +129,35 @@ class Ingest:
         if device_time is not None and self.keep_device_time:
             reading["dts"] = device_time
         reading["data"] = data
+        self._process(reading, data)
+
+    def _process(self, reading: dict[str, Any], data: dict[str, Any]) -> None:
         try:
             readings = self.pipeline.process(reading)
         except Exception as error:  # a step bug must not stop the source; say which record
-            self.counters["pipeline_errors"] += 1
+            self._counters["pipeline_errors"] += 1
             self._problems.warning(
                 "pipeline", "source %s: pipeline failed on %r: %s", self.device, data, error
             )
             return
-        self._emit(readings)
+        for reading in readings:
+            self._offer(reading)
+
+    @property
+    def counters(self) -> Counter:
+        """parsed, readings, parse_errors, pipeline_errors, refused, skipped (a copy); when
+        there were any, "invalid": the validate steps' failed checks by reason and field,
+        and "skipped_kinds": lines skipped by design (a CSV header, an NMEA sentence type
+        not asked for) by kind."""
+        counters: Counter = Counter(self._counters)
+        counters["parsed"] += self._parsed
+        counters["readings"] += self._readings
+        invalid = self.pipeline.counters()
+        if invalid:
+            counters["invalid"] = invalid
+        if self._skipped:
+            counters["skipped_kinds"] = dict(self._skipped)
+        return counters
 
     async def settle(self) -> bool:
         """Return once every reading offered so far is as safe as its sinks' policy makes it.
@@ -133,7 +184,8 @@ class Ingest:
     def room(self) -> int:
         """Records it can take for sure before some sink pushes back: a line source checks
         this once per run of lines instead of accepting() before each."""
-        return min((sink.room for sink in self._sinks), default=UNBOUNDED)
+        sinks = min((sink.room for sink in self._sinks), default=UNBOUNDED)
+        return min(sinks, self.sequences.room())  # 0 while no number can be reserved
 
     def flush(self) -> None:
         """Emit what stateful steps (windows) still hold; called at shutdown."""
@@ -141,9 +193,23 @@ class Ingest:
 
     def _emit(self, readings: list[dict]) -> None:
         for reading in readings:
+            self._offer(reading)
+
+    def _offer(self, reading: dict[str, Any]) -> None:
+        try:
             reading["seq"] = self.sequences.next(reading["device"], reading["stream"])
-            self.counters["readings"] += 1
-            for sink, route in self.routes:
-                if not sink.offer(reading, route) and sink.overflow == "block":
-                    self.counters["refused"] += 1
-                    self._refused = True
+        except SequenceUnavailable as error:  # never a number that is not durably reserved
+            self._unnumbered(error)
+            return
+        self._readings += 1
+        for sink, route in self.routes:
+            if not sink.offer(reading, route) and sink.overflow == "block":
+                self._counters["refused"] += 1
+                self._refused = True
+
+    def _unnumbered(self, error: SequenceUnavailable) -> None:
+        """A reading no number is reserved for (room() said 0 too late): dropped and counted,
+        and settle() says not to acknowledge, so a COBS device sends it again."""
+        self._counters["unnumbered"] += 1
+        self._refused = True
+        self._problems.warning("sequence", "source %s: reading dropped: %s", self.device, error)

@@ -35,7 +35,8 @@ def ports_command(args: argparse.Namespace) -> int:
 
 
 def format_ports(found: list[dict[str, Any]]) -> str:
-    """One aligned line per port: device, vid:pid, serial number, description."""
+    """One aligned line per port: device, vid:pid, serial number, description; under it the
+    port's /dev/serial/by-id/ path when udev made one (it follows the device on a replug)."""
     rows = [("DEVICE", "VID:PID", "SERIAL", "DESCRIPTION")]
     for port in found:
         ids = f"{port['vid']}:{port['pid']}" if port.get("vid") else "-"
@@ -44,9 +45,12 @@ def format_ports(found: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     lines = []
-    for row in rows:
+    for index, row in enumerate(rows):
         cells = [cell.ljust(width) for cell, width in zip(row[:3], widths)]
         lines.append("  ".join([*cells, row[3]]).rstrip())
+        by_id = found[index - 1].get("by_id") if index else None
+        if by_id:
+            lines.append(f"  by-id: {by_id}")
     return "\n".join(lines)
 
 

@@ -6,18 +6,21 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gateway.api.server import ApiServer, json_response, parse_listen
+from gateway.api.server import MAX_BODY, ApiServer, json_response, parse_listen
+from gateway.config.schema import is_loopback
 
 
 async def http_request(port: int, target: str, method: str = "GET") -> tuple[int, dict, bytes]:
     """One HTTP/1.1 request over a raw connection; returns (status, headers, body)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {target} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    request = f"{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    writer.write(request.encode())
     await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 5)  # the server closes after answering
+    raw = await asyncio.wait_for(reader.read(), 5)  # asked to, the server closes after answering
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode().split("\r\n")
@@ -146,8 +149,8 @@ def test_failing_handler_is_500_json_and_server_keeps_serving():
 
 
 def test_websocket_path_gets_the_connection_with_its_query():
-    async def echo_path(connection):
-        await connection.send(connection.request.path)
+    async def echo_path(websocket, request):
+        await websocket.send_str(request.target)
 
     async def scenario(api):
         async with connect(f"ws://127.0.0.1:{api.port}/ws?topics=gw/+/a/%23") as client:
@@ -161,7 +164,7 @@ def test_websocket_check_can_refuse_the_handshake():
     def refuse(request):
         return json_response(400, {"error": {"code": "bad", "message": "no"}})
 
-    async def never(connection):
+    async def never(websocket, request):
         raise AssertionError("handler must not run for a refused handshake")
 
     async def scenario(api):
@@ -176,7 +179,7 @@ def test_websocket_check_can_refuse_the_handshake():
 
 
 def test_plain_get_on_a_websocket_path_is_426_json():
-    async def handler(connection):
+    async def handler(websocket, request):
         pass
 
     async def scenario(api):
@@ -190,7 +193,7 @@ def test_plain_get_on_a_websocket_path_is_426_json():
 def test_a_websocket_path_is_served_once():
     api = ApiServer("127.0.0.1:0")
 
-    async def handler(connection):
+    async def handler(websocket, request):
         pass
 
     api.add_websocket("/ws", handler)
@@ -228,3 +231,80 @@ def test_parse_listen(listen, expected):
 def test_parse_listen_rejects_bad_values(listen):
     with pytest.raises(ValueError, match="api.listen"):
         parse_listen(listen)
+
+
+def test_a_body_over_the_bound_is_413_json():
+    async def scenario(api):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+        body = b"x" * (MAX_BODY + 1)
+        head = "POST /api/v1/echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+        writer.write(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return raw
+
+    setup = lambda api: api.add_http("POST", "/api/v1/echo", lambda r: json_response(200, {}))  # noqa: E731
+    raw = run_with_server(scenario, setup)
+    assert raw.startswith(b"HTTP/1.1 413")
+    assert json.loads(raw.partition(b"\r\n\r\n")[2])["error"]["code"] == "too_large"
+
+
+def test_another_method_on_a_websocket_path_is_405():
+    async def handler(websocket, request):
+        pass
+
+    async def scenario(api):
+        return await http_request(api.port, "/ws", method="POST")
+
+    status, headers, body = run_with_server(scenario, lambda api: api.add_websocket("/ws", handler))
+    assert (status, headers["allow"]) == (405, "GET")
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+     ("localhost", True), ("0.0.0.0", False), ("::", False), ("192.0.2.7", False), ("", False)],
+)  # fmt: skip
+def test_which_addresses_count_as_this_machine(host, local):
+    assert is_loopback(host) is local
+
+
+def test_a_path_with_an_encoded_newline_still_gets_our_json_404():
+    async def scenario(api):
+        return await http_request(api.port, "/api/v1/sinks/a%0Ab")
+
+    status, headers, body = run_with_server(scenario)
+    assert (status, headers["content-type"]) == (404, "application/json")
+    assert json.loads(body)["error"]["code"] == "not_found"
+
+
+def test_a_handler_can_stream_its_answer():
+    second_may_go = asyncio.Event()
+
+    async def stream(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request.native)
+        await response.write(b"data: first\n\n")
+        await second_may_go.wait()  # the client has the first event before this one exists
+        await response.write(b"data: second\n\n")
+        await response.write_eof()
+        return response
+
+    async def scenario(api):
+        reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+        writer.write(b"GET /api/v1/stream HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        received = b""
+        while b"data: first" not in received:
+            received += await asyncio.wait_for(reader.read(1024), 5)
+        first_alone = b"second" not in received
+        second_may_go.set()
+        received += await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return first_alone, received
+
+    setup = lambda api: api.add_http("GET", "/api/v1/stream", stream)  # noqa: E731
+    first_alone, received = run_with_server(scenario, setup)
+    assert first_alone
+    assert b"text/event-stream" in received and b"data: second" in received

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 
+import pytest
+
+from gateway.store.reservations import peek
 from tests.support.broker import free_port
 from tests.support.e2e import REPO_ROOT, free_udp_port
 
@@ -51,6 +55,55 @@ def test_presets_lists_the_five_and_prints_one_as_toml():
     assert gateway("presets", "nope").returncode == 2
 
 
+SOURCE_AND_SINK = """
+[[sources]]
+name = "a"
+port = "/dev/null"
+preset = "{preset}"
+[sinks.mqtt]
+type = "mqtt"
+[sinks.udp]
+type = "udp"
+targets = ["127.0.0.1:9"]
+"""
+
+
+@pytest.mark.parametrize("name", ["basic", "realtime", "iot", "research", "high_throughput"])
+def test_a_printed_builtin_preset_pastes_into_a_config_that_checks(tmp_path, name):
+    printed = gateway("presets", name)
+    assert printed.returncode == 0
+    assert f"[presets.my_{name}]" in printed.stdout
+    config = tmp_path / "gateway.toml"
+    sinks = '[sinks.rec]\ntype = "recorder"\n' if name == "research" else ""
+    config.write_text(SOURCE_AND_SINK.format(preset=f"my_{name}") + sinks + printed.stdout)
+    checked = gateway("check", "-c", str(config))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_presets_with_a_config_lists_and_prints_its_own_presets(tmp_path):
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        SOURCE_AND_SINK.format(preset="lab")
+        + '[presets.lab]\nextends = "basic"\ndescription = "my lab"\n'
+        + 'append_steps = [{ op = "downsample", every = "250ms" }]\n'
+        + 'routes = [{ sink = "udp" }]\n'
+    )
+    listing = gateway("presets", "-c", str(config))
+    assert listing.returncode == 0
+    names = [line.split()[0] for line in listing.stdout.strip().splitlines()]
+    assert names == ["basic", "realtime", "iot", "research", "high_throughput", "lab"]
+    printed = gateway("presets", "-c", str(config), "lab")
+    assert printed.returncode == 0
+    assert printed.stdout.splitlines()[1] == "[presets.lab]"
+    assert '{ op = "downsample", every = 0.25 }' in printed.stdout
+    # The effective preset, pasted instead of the original, is the same preset.
+    again = tmp_path / "again.toml"
+    again.write_text(SOURCE_AND_SINK.format(preset="lab") + printed.stdout)
+    reprinted = gateway("presets", "-c", str(again), "lab").stdout
+    assert reprinted.splitlines()[1:] == printed.stdout.splitlines()[1:]
+    assert gateway("presets", "lab").returncode == 2  # without -c only built-ins are known
+
+
 def test_run_refuses_an_invalid_config_with_the_key_path(tmp_path):
     config = tmp_path / "bad.toml"
     config.write_text('[sinks.u]\ntype = "udp"\n')
@@ -88,5 +141,37 @@ targets = ["127.0.0.1:{free_udp_port()}"]
     assert process.process.wait(30) == 0, process.log()
     log = process.log()
     assert "gateway cli stopped" in log
-    saved = (tmp_path / "var" / "sequences.json").read_text()
-    assert '"sim/default"' in saved
+    saved = peek(str(tmp_path / "var" / "sequences.reservation"))
+    assert 20 <= saved.values["sim/default"] < 10_000  # the exact next number, not a block
+
+
+def test_the_demo_brings_its_own_receivers_and_each_output_arrives(tmp_path):
+    """Nothing listens where the demo's MQTT URL points: it starts its own broker, listens
+    for its own UDP, watches its own WebSocket, and every reading delivered arrived."""
+    nothing = free_port()  # the demo's broker probe finds no one here
+    result = gateway(
+        "demo",
+        "--seconds",
+        "4",
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--mqtt",
+        f"mqtt://127.0.0.1:{nothing}",
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "started its own MQTT broker" in result.stderr
+    arrived = {}
+    for line in result.stdout.split("what arrived:")[1].strip().splitlines():
+        match = re.match(
+            r"\s*(\w+)\s+sink \w+: (\d+) delivered(?: \((\d+) before its client connected\))?, "
+            r"(\d+) received",
+            line,
+        )
+        assert match, line
+        kind, delivered, early, received = match.groups()
+        arrived[kind] = (int(delivered) - int(early or 0), int(received))
+    assert set(arrived) == {"mqtt", "udp", "websocket"}
+    for kind, (delivered, received) in arrived.items():
+        assert delivered > 0 and received == delivered, (kind, delivered, received)
+    assert f"mosquitto_sub -h 127.0.0.1 -p {nothing}" not in result.stdout

@@ -27,7 +27,8 @@ def test_demo_config_validates_with_three_simulated_sources():
     assert config["api"]["listen"] == "127.0.0.1:8080"
     profiles = [source["simulate"]["profile"] for source in config["sources"]]
     assert profiles == ["env", "kv", "nmea"]
-    assert all(source["simulate"]["rate"] == 10 for source in config["sources"])
+    # The GPS writes its seven sentences once a second.
+    assert [source["simulate"]["rate"] for source in config["sources"]] == [10, 10, 7]
     assert {name: sink["type"] for name, sink in config["sinks"].items()} == {
         "mqtt": "mqtt",
         "udp": "udp",

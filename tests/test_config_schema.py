@@ -30,6 +30,23 @@ def test_toml_syntax_error_reports_line_and_column():
     assert error.startswith("line 3, column 12: invalid TOML:")
 
 
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("name = bench", 'text needs quotes: name = "bench"'),
+        ("port = /dev/ttyACM0  # the board", 'text needs quotes: port = "/dev/ttyACM0"'),
+        (
+            'port = "C:\\dev\\com3"',
+            "backslashes are escapes in double quotes: port = 'C:\\dev\\com3'",
+        ),
+    ],
+    ids=["bare-word", "bare-path", "windows-path"],
+)
+def test_a_toml_slip_is_named_with_what_to_write_instead(line, hint):
+    error = only_error(f"[[sources]]\n{line}\n")
+    assert error.startswith("line 2, column ") and error.endswith(hint), error
+
+
 def test_config_error_prints_source_and_every_error():
     with pytest.raises(ConfigError) as caught:
         loads('[gateway]\nidd = 1\n[api]\nlisten = "x"\n', source="gw.toml")
@@ -45,7 +62,9 @@ def test_unknown_key_suggests_the_close_match():
 
 def test_unknown_key_without_close_match_lists_the_keys():
     error = only_error("[api]\nzzz = 1\n")
-    assert error == "api.zzz: unknown key (expected one of: listen, tokens)"
+    assert error == (
+        "api.zzz: unknown key (expected one of: listen, tokens, tls, allow_insecure, rate_limit)"
+    )
 
 
 def test_unknown_top_level_section():
@@ -130,9 +149,81 @@ def test_match_ids_are_4_hex_digits_and_normalised():
 
 def test_csv_without_fields():
     error = only_error('[[sources]]\nname = "a"\nport = "/dev/x"\nformat = "csv"\n')
-    assert (
-        error == 'sources[0].fields: expected an array of column names (format "csv"), got nothing'
+    assert error == (
+        'sources[0].fields: expected an array of column names (format "csv", or header = true), '
+        "got nothing"
     )
+
+
+def test_line_format_options_of_csv_kv_and_nmea():
+    base = '[[sources]]\nname = "a"\nport = "/dev/x"\n'
+    csv = loads(base + 'format = "csv"\nheader = true\ndecimal = ","\n')["sources"][0]
+    assert (csv["fields"], csv["header"], csv["decimal"], csv["delimiter"]) == (
+        None,
+        True,
+        ",",
+        None,
+    )
+    kv = loads(base + 'format = "kv"\ndelimiter = "|"\n')["sources"][0]
+    assert (kv["delimiter"], kv["header"], kv["decimal"], kv["sentences"]) == (
+        "|",
+        None,
+        None,
+        None,
+    )
+    nmea = loads(base + 'format = "nmea"\nsentences = ["GGA", "rmc", "GGA"]\n')["sources"][0]
+    assert nmea["sentences"] == ["GGA", "RMC"]
+
+
+@pytest.mark.parametrize(
+    "keys, error",
+    [
+        (
+            'format = "nmea"\nsentences = ["GGA", "GVS"]',
+            "sources[0].sentences[1]: expected a sentence type: GGA, RMC, GLL, VTG, GSA, GSV, "
+            'ZDA, GST, HDT, TXT, XDR, MWV, MDA, got "GVS" (did you mean "GSV"?)',
+        ),
+        (
+            'format = "nmea"\nsentences = []',
+            "sources[0].sentences: expected a non-empty array of sentence type: GGA, RMC, GLL, "
+            "VTG, GSA, GSV, ZDA, GST, HDT, TXT, XDR, MWV, MDA, got an array",
+        ),
+        (
+            'format = "kv"\nsentences = ["GGA"]',
+            'sources[0].sentences: not used with format "kv" (only "nmea")',
+        ),
+        (
+            'format = "kv"\nheader = true',
+            'sources[0].header: not used with format "kv" (only "csv")',
+        ),
+        (
+            'format = "nmea"\ndecimal = ","',
+            'sources[0].decimal: not used with format "nmea" (only "csv")',
+        ),
+        (
+            'format = "json"\ndelimiter = ";"',
+            'sources[0].delimiter: not used with format "json" (only "csv" or "kv")',
+        ),
+        (
+            'format = "csv"\nfields = ["t"]\nheader = "yes"',
+            'sources[0].header: expected true or false, got "yes"',
+        ),
+        (
+            'format = "csv"\nheader = true\ndecimal = ";"',
+            'sources[0].decimal: expected "." or ",", got ";"',
+        ),
+        (
+            'format = "csv"\nheader = true\ndecimal = ","\ndelimiter = ","',
+            'sources[0].decimal: a decimal "," needs another delimiter (the default is ";")',
+        ),
+        (
+            'framing = "cobs"\nheader = true',
+            'sources[0].header: not used with framing "cobs" (only with "lines")',
+        ),
+    ],
+)
+def test_line_format_option_errors_name_the_key(keys, error):
+    assert only_error('[[sources]]\nname = "a"\nport = "/dev/x"\n' + keys + "\n") == error
 
 
 def test_bad_regex_that_does_not_compile_or_has_no_named_group():
@@ -298,7 +389,16 @@ def test_defaults_fill_a_minimal_config():
     gateway_id = config["gateway"]["id"]
     assert gateway_id.split(".")[0] == socket.gethostname().split(".")[0].replace(" ", "-")
     assert config["gateway"]["data_dir"] == "./var"
-    assert config["api"] == {"listen": "127.0.0.1:8080", "tokens": []}
+    assert config["api"] == {
+        "listen": "127.0.0.1:8080",
+        "tokens": [],
+        "tls": None,
+        "allow_insecure": False,
+        "rate_limit": {
+            "token": {"rate": 10.0, "burst": 20},
+            "address": {"rate": 20.0, "burst": 40},
+        },
+    }
     assert config["presets"] == {}
     assert config["sources"][0] == {
         "name": "bench-1",
@@ -310,7 +410,10 @@ def test_defaults_fill_a_minimal_config():
         "format": "json",
         "fields": None,
         "pattern": None,
-        "delimiter": ",",
+        "delimiter": None,
+        "sentences": None,
+        "header": None,
+        "decimal": None,
         "stream": "default",
         "preset": "basic",
         "max_line": 4096,
@@ -343,6 +446,7 @@ def test_defaults_fill_a_minimal_config():
         "max_inflight": 1000,
         "availability": True,
         "discovery_prefix": "homeassistant",
+        "device_timeout": 60.0,
         "encoding": "json",
         "batch": no_batch,
     }
@@ -363,15 +467,29 @@ def test_defaults_fill_a_minimal_config():
         "batch": no_batch,
     }
     assert sinks["ws"] == {"type": "websocket", **common, **live, "path": "/ws"}
-    assert sinks["ev"] == {"type": "sse", **common, **live, "path": "/sse"}
+    assert sinks["ev"] == {
+        "type": "sse",
+        **common,
+        **live,
+        "path": "/sse",
+        "replay": 10_000,
+        "replay_age": 600.0,
+        "client_retry": 2.0,
+        "heartbeat": 15.0,
+        "cors_origins": [],
+    }
     assert sinks["hook"] == {
         "type": "webhook",
         **common,
         "url": "https://example.com/in",
         "timeout": 10.0,
         "encoding": "json",
-        "batch": no_batch,
+        "batch": {"max_readings": 500, "max_delay": 0.0},  # a POST carries a batch
         "headers": {},
+        "verify": True,
+        "ca": None,
+        "cert": None,
+        "key": None,
     }
     assert sinks["rec"] == {
         "type": "recorder",
@@ -379,6 +497,10 @@ def test_defaults_fill_a_minimal_config():
         "path": "./var/recordings",
         "format": "jsonl",
         "rotate_bytes": 100 * 1024**2,
+        "rotate_every": 0.0,
+        "gzip": False,
+        "fsync_every": 1.0,
+        "name": None,
     }
 
 
@@ -569,3 +691,44 @@ def test_any_document_gives_error_lines_never_a_crash(document):
     config, errors = normalize(document)
     errors += presets.check_references(config)  # loads() runs both, errors or not
     assert all(isinstance(error, str) and ": " in error for error in errors)
+
+
+def test_api_tls_allow_insecure_and_rate_limits_are_validated():
+    text = (
+        '[api]\nlisten = "0.0.0.0:8443"\ntls = { cert = "c.pem", key = "k.pem" }\n'
+        'tokens = [{ name = "ops", role = "admin", token = "s3cret" }]\n'
+        "rate_limit = { token = { rate = 2.5 }, address = { burst = 7 } }\n"
+    )
+    api = loads(text)["api"]
+    assert api["tls"] == {"cert": "c.pem", "key": "k.pem"}
+    assert api["allow_insecure"] is False  # not needed: tokens and TLS
+    assert api["rate_limit"] == {
+        "token": {"rate": 2.5, "burst": 20},
+        "address": {"rate": 20.0, "burst": 7},
+    }
+    assert loads(text.replace('"0.0.0.0:8443"', '"127.0.0.1:8443"'))["api"]["listen"] == (
+        "127.0.0.1:8443"
+    )
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            'tls = { cert = "c.pem" }',
+            "api.tls.key: expected a PEM private key file path, got nothing",
+        ),
+        ("allow_insecure = 1", "api.allow_insecure: expected true or false, got 1"),
+        (
+            "rate_limit = { token = { rate = 0 } }",
+            "api.rate_limit.token.rate: expected a number greater than 0, got 0",
+        ),
+        (
+            "rate_limit = { address = { burst = 0 } }",
+            "api.rate_limit.address.burst: expected a positive integer, got 0",
+        ),
+        ("rate_limit = { user = {} }", "api.rate_limit.user: unknown key"),
+    ],
+)
+def test_api_security_keys_name_their_errors(lines, expected):
+    assert only_error(f"[api]\n{lines}\n").startswith(expected)

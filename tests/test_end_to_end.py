@@ -9,7 +9,9 @@ import socket
 
 import pytest
 
+from gateway.sources.simulator import VirtualSerialDevice
 from tests.support.broker import free_port
+from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters, Receivers, free_udp_port
 
 DEVICES = 4
@@ -179,3 +181,38 @@ def test_a_stalled_websocket_client_does_not_slow_mqtt_or_udp(broker, tmp_path, 
     live = stats["sinks"]["live"]
     assert live["dropped_slow_client"] > 0, live
     assert stats["sinks"]["mqtt"]["queue_depth"] == 0 and stats["sinks"]["udp"]["queue_depth"] == 0
+
+
+def test_the_totals_count_every_dropped_line_by_reason(broker, tmp_path, gateway_process):
+    """Good lines, garbage and a device unplugged mid-line: every line that did not become a
+    reading is in the totals under its reason, and the good ones all became readings."""
+    api_port = free_port()
+    with VirtualSerialDevice() as device:
+        config = gateway_toml(
+            "totals", api_port, broker.port, [line_source("dev", device.path)], "none"
+        )
+        config = config.replace(
+            'extends = "basic"',
+            'extends = "basic"\nappend_steps = '
+            '[{ op = "validate", fields = { n = { type = "integer", required = true } } }]',
+        )
+        process = gateway_process(config)
+        process.start(api_port)
+        good = b"".join(b'{"n": %d}\n' % index for index in range(40))
+        garbage = b'{"n": 1\n' + b"\xff\xfe\n" + b"x" * 5000 + b"\n" + b"[1, 2]\n" + b'{"n": "a"}\n'
+        os.write(device.master, good + garbage + good + b'{"n": 7')
+        process.wait_for(lambda stats: stats["totals"]["readings"] >= 80, 30)
+    stats = process.wait_for(
+        lambda stats: stats["totals"]["dropped_lines"]["partial_at_disconnect"], 30
+    )
+    assert stats["totals"]["readings"] == 80
+    assert stats["totals"]["parse_errors"] == 2  # '{"n": 1' and '[1, 2]'
+    assert stats["totals"]["dropped_lines"] == {
+        "oversize": 1,
+        "invalid_utf8": 1,
+        "partial_at_disconnect": 1,
+        "parse_errors": 2,
+        "pipeline_errors": 0,
+        "skipped": 0,
+    }
+    assert stats["sources"]["dev"]["invalid"] == {"type:n": 1}

@@ -9,11 +9,9 @@ relay in front of a real Mosquitto, so "broker down" never races the test's subs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import socket
-import subprocess
 
 import pytest
 
@@ -24,6 +22,7 @@ from gateway.sources.simulator import VirtualSerialDevice
 from gateway.store.buffer import encode_reading
 from tests.support.broker import Subscriber
 from tests.support.far_side import FarSide
+from tests.support.tmpfs import remount, tmpfs
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -126,24 +125,6 @@ class RunningGateway:
 
 def received(subscriber: Subscriber) -> list[dict]:
     return [json.loads(payload) for _topic, payload, _at in subscriber.messages]
-
-
-@contextlib.contextmanager
-def tmpfs(path, size: str, readonly: bool = False):
-    """A real, small (or read-only) file system for the data directory."""
-    os.makedirs(path, exist_ok=True)
-    options = f"size={size}" + (",ro" if readonly else "")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.fail(f"these tests mount a tmpfs and need root: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 # -- max_bytes ----------------------------------------------------------------------------------
@@ -304,7 +285,12 @@ def test_a_full_disk_falls_back_to_memory_then_recovers_and_nothing_is_lost(brok
     assert seqs == [FIRST_SEQ + i for i in range(total)]  # disk first, then memory, in order
 
 
-def test_a_read_only_data_directory_runs_from_memory_and_says_so(broker, tmp_path):
+def test_a_read_only_data_directory_numbers_nothing_until_writable_then_runs_from_memory(
+    broker, tmp_path
+):
+    """No number can be reserved on a read-only disk, so none is handed out (issue 8): the
+    source is pushed back and says why; once the directory is writable numbering starts,
+    and the buffer store, which could not be opened at start, runs from memory."""
     subscriber = Subscriber(broker.port, "gw/gw/#")
     data_dir = tmp_path / "ro"
 
@@ -313,27 +299,37 @@ def test_a_read_only_data_directory_runs_from_memory_and_says_so(broker, tmp_pat
         text = config_text(data_dir, far.url, "research")
         try:
             async with RunningGateway(text, data_dir) as running:
+                ingest, sink = running.ingest, running.sink()
                 health = running.gateway.health()
+                paused = ingest.room()
+                running.feed(30)  # a line source would not even read them now
+                refused = (ingest.counters["unnumbered"], await ingest.settle())
+                remount(data_dir, "rw")
+                await eventually(lambda: ingest.room() > 0, 10, "numbering to resume")
                 running.feed(30)
-                safe = await running.ingest.settle()
-                sink = running.sink()
+                safe = await ingest.settle()
                 await eventually(lambda: sink.counters["delivered"] == 30, 20, "delivery")
                 stats = sink.stats()["buffer"]
+                after = running.gateway.health()
         finally:
             await far.close()
-        return health, safe, stats
+        return health, paused, refused, safe, stats, after
 
     with tmpfs(data_dir, "1m", readonly=True):
-        health, safe, stats = asyncio.run(scenario())
+        health, paused, refused, safe, stats, after = asyncio.run(scenario())
     try:
         assert subscriber.wait_for(lambda m: len(m) >= 30, 20)
     finally:
         subscriber.close()
-    assert health["status"] == "degraded"
+    assert health["status"] == "failing"
     assert "read-only" in health["components"]["store"].lower()
-    assert not safe  # not durable: a device must keep its readings
+    assert health["components"]["sequences"].startswith("failed: cannot write sequence")
+    assert "Read-only file system" in health["components"]["sequences"]
+    assert paused == 0 and refused == (30, False)  # a COBS device would keep them
+    assert not safe  # in memory only: a device must keep its readings
     assert stats["policy"] == "write_ahead" and stats["memory_fallback"] == 30
-    assert len(received(subscriber)) == 30
+    assert after["status"] == "degraded" and after["components"]["sequences"] == "ok"
+    assert [reading["seq"] for reading in received(subscriber)] == list(range(30))
 
 
 # -- a hanging broker behind a write-ahead buffer ---------------------------------------------

@@ -131,6 +131,7 @@ def test_ports_table_aligns_columns_and_marks_missing_ids():
                 "pid": "0005",
                 "serial_number": "E661",
                 "description": "Board in FS mode",
+                "by_id": "/dev/serial/by-id/usb-Raspberry_Pi_Pico_E661-if00",
             },
             {
                 "device": "/dev/ttyAMA0",
@@ -144,5 +145,7 @@ def test_ports_table_aligns_columns_and_marks_missing_ids():
     lines = table.splitlines()
     assert lines[0].split() == ["DEVICE", "VID:PID", "SERIAL", "DESCRIPTION"]
     assert lines[1].split(None, 3) == ["/dev/ttyACM0", "2e8a:0005", "E661", "Board in FS mode"]
-    assert lines[2].split() == ["/dev/ttyAMA0", "-", "-", "ttyAMA0"]
-    assert len({line.index(line.split()[1]) for line in lines}) == 1  # one column start
+    assert lines[2] == "  by-id: /dev/serial/by-id/usb-Raspberry_Pi_Pico_E661-if00"
+    assert lines[3].split() == ["/dev/ttyAMA0", "-", "-", "ttyAMA0"]
+    rows = [line for line in lines if not line.startswith(" ")]
+    assert len({line.index(line.split()[1]) for line in rows}) == 1  # one column start

@@ -7,6 +7,7 @@ import logging
 from gateway.config import loads, presets
 from gateway.ingest import Ingest, resolve_routes
 from gateway.sinks.base import Sink
+from gateway.sources.simulator import make_line
 from gateway.store.sequences import SequenceStore
 
 CONFIG = """
@@ -101,3 +102,65 @@ def test_bad_lines_are_counted_and_logged_and_the_good_around_them_kept(tmp_path
     assert kept == [0.1, 0.2, 0.30000000000000004]
     assert ingest.counters["parse_errors"] == 3 and ingest.counters["readings"] == 3
     assert "source bench-1: bad line dropped" in caplog.text
+
+
+def nmea_ingest(tmp_path, **source):
+    config = loads(CONFIG, environ={})
+    sink = QueueOnlySink("a", "mqtt")
+    preset = presets.resolve(config, "basic")
+    options = {"name": "gps", "format": "nmea", **source}
+    store = SequenceStore(str(tmp_path / "seq.json"))
+    return Ingest(options, preset, [(sink, {})], "gw", store), sink
+
+
+def test_a_gps_burst_gives_readings_and_no_parse_errors(tmp_path):
+    """Seven sentences a second (GGA, GSA, three GSV parts, RMC, VTG): the GSV parts make
+    one reading when their group completes, and nothing is counted as an error."""
+    ingest, sink = nmea_ingest(tmp_path)
+    for index in range(70):
+        ingest.on_line(make_line("nmea", index).decode().strip(), 1.0)
+    counters = ingest.counters
+    assert counters["parse_errors"] == 0
+    assert counters["readings"] == 50 and len(sink.taken()) == 50
+    assert counters["skipped"] == 0  # the parts held for their group are not "skipped"
+
+
+def test_sentences_not_asked_for_are_counted_as_skipped_by_kind(tmp_path):
+    ingest, sink = nmea_ingest(tmp_path, sentences=["GGA", "RMC"])
+    for index in range(70):
+        ingest.on_line(make_line("nmea", index).decode().strip(), 1.0)
+    counters = ingest.counters
+    assert counters["parse_errors"] == 0 and counters["readings"] == 20
+    assert counters["skipped_kinds"] == {"GSA": 10, "GSV": 30, "VTG": 10}
+    assert counters["skipped"] == 50
+    assert {reading["stream"] for reading, _route in sink.taken()} == {"gga", "rmc"}
+
+
+def test_validate_drops_and_counts_by_reason_per_source(tmp_path):
+    config = loads(
+        CONFIG.replace(
+            'steps = [{ op = "rename", map = { t = "temperature" } },',
+            'steps = [{ op = "validate", fields = { t = { type = "number", min = -400, '
+            "max = 1250, required = true } } },\n"
+            '         { op = "rename", map = { t = "temperature" } },',
+        ),
+        environ={},
+    )
+    sink = QueueOnlySink("a", "mqtt")
+    preset = presets.resolve(config, "lab")
+    store = SequenceStore(str(tmp_path / "seq.json"))
+    ingest = Ingest(config["sources"][0], preset, [(sink, {})], "gw", store)
+    lines = ['{"t": 215}', '{"t": "hot"}', '{"t": {"x": 1}}', '{"t": true}', "{}", '{"h": 1}']
+    lines += ['{"t": 1300}', '{"t": -401}', '{"t": 216}']
+    for line in lines:
+        ingest.on_line(line, 1.0)
+    kept = [reading["data"]["temperature"] for reading, _ in sink.taken()]
+    assert kept == [21.5, 21.6]
+    counters = ingest.counters
+    assert counters["readings"] == 2 and counters["parse_errors"] == 0
+    assert counters["invalid"] == {
+        "type:t": 3,
+        "empty": 1,
+        "missing:t": 2,  # {} and {"h": 1}
+        "range:t": 2,
+    }

@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import msgpack
 import pytest
 
 from gateway.sinks.base import SinkError
 from gateway.sinks.mqtt import MqttSink
+from gateway.store.buffer import BufferDatabase
+from gateway.store.queues import BufferWriter, DiskQueue
 from tests.support.broker import Broker, PersistentBroker, ProcessSubscriber, Subscriber, free_port
 from tests.support.waiting import eventually
 
@@ -231,6 +234,8 @@ def test_unencodable_reading_is_dropped_counted_and_logged_without_losing_others
 CRASHING_GATEWAY = """
 import asyncio, sys
 from gateway.sinks.mqtt import MqttSink
+from gateway.store.buffer import BufferDatabase
+from gateway.store.queues import BufferWriter, DiskQueue
 
 async def main():
     sink = MqttSink("mqtt", {"type": "mqtt", "url": sys.argv[1], "keepalive": 60}, "crashy")
@@ -552,6 +557,54 @@ def test_delivered_counts_only_acknowledged_readings(broker):
     asyncio.run(scenario())
     subscriber.close()
     assert set(seqs(subscriber.messages)) == set(range(13))
+
+
+def test_a_stop_during_a_take_from_disk_gives_every_reading_back(broker, tmp_path):
+    """The sink takes its next readings while the window drains; here a take from a disk
+    queue is still under way when the sink stops (its writer thread is held). Its readings
+    must go back to the queue, not land in the stopped sink: a second sink on the same
+    queue delivers everything the first did not have acknowledged."""
+    count = 3000
+    subscriber = Subscriber(broker.port, "gw/t/+/env")
+
+    async def scenario() -> tuple[int, int]:
+        writer = BufferWriter(BufferDatabase(str(tmp_path / "buffer.db")))
+        queue = DiskQueue(writer, writer.db.buffer("mqtt"))
+        for seq in range(count):
+            queue.put((reading(seq), {}))
+        await queue.settled()
+        first = make_sink(broker.url, availability=False, max_batch=200)
+        first.use_queue(queue)
+        task = asyncio.create_task(first.run())
+        await eventually(lambda: first.counters["delivered"] > 0, what="first PUBACKs")
+        # Hold the writer thread so that the next take is still under way during the stop.
+        gate = threading.Event()
+        writer.post(lambda db: gate.wait(5), writes=False)
+        earlier = first._taking
+        await eventually(
+            lambda: first._taking not in (None, earlier), what="a take behind the held writer"
+        )
+        asyncio.get_running_loop().call_later(0.3, gate.set)
+        await first.stop(drain_seconds=0)
+        await asyncio.wait_for(task, 5)
+        await writer.sync()  # the confirmations reach the table and its counts come back
+        assert 0 < queue.depth < count
+        assert queue.out == 0  # what was taken came back, the take under way included
+        assert queue.depth == count - first.counters["delivered"]
+        second = make_sink(broker.url, availability=False)
+        second.use_queue(queue)
+        async with Running(second):
+            await eventually(lambda: queue.depth == 0, what="the rest delivered")
+        await writer.close()
+        return first.counters["delivered"], first.counters["published"]
+
+    delivered_first, published_first = asyncio.run(scenario())
+    subscriber.wait_for(lambda m: set(seqs(m)) == set(range(count)), 20)
+    subscriber.close()
+    arrived = seqs(subscriber.messages)
+    assert set(arrived) == set(range(count))
+    # Sent again only what the first sink published and never saw acknowledged.
+    assert len(arrived) - count <= published_first - delivered_first
 
 
 def test_inflight_window_and_packet_id_wrap(broker):

@@ -16,6 +16,7 @@ PICO_A = {
     "pid": "0005",
     "serial_number": "E6614C311B7A1234",
     "manufacturer": "MicroPython",
+    "by_id": None,  # no udev link to it on this machine
 }
 PICO_B = {**PICO_A, "device": "/dev/ttyACM0", "serial_number": "E66164084373AB12"}
 FTDI = {
@@ -121,3 +122,18 @@ def test_list_ports_lists_this_machines_ports_as_dicts():
         assert set(port) == set(PICO_A)
         for key in ("vid", "pid"):
             assert port[key] is None or (len(port[key]) == 4 and port[key] == port[key].lower())
+
+
+def test_by_id_path_finds_the_udev_link_to_a_device(tmp_path, monkeypatch):
+    # udev's directory, made here: a link named after the device's serial number.
+    by_id = tmp_path / "by-id"
+    by_id.mkdir()
+    monkeypatch.setattr(ports, "BY_ID_DIRECTORY", str(by_id))
+    target = tmp_path / "ttyACM7"
+    target.write_text("")
+    link = by_id / "usb-MicroPython_Board_E661-if00"
+    link.symlink_to(target)
+    assert ports.by_id_path(str(target)) == str(link)
+    assert ports.by_id_path(str(tmp_path / "ttyACM8")) is None
+    monkeypatch.setattr(ports, "BY_ID_DIRECTORY", str(tmp_path / "absent"))
+    assert ports.by_id_path(str(target)) is None

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gateway.sources.serial import LineFramer, SerialSource
 from gateway.sources.simulator import VirtualSerialDevice
 
+BY_ID = "/dev/serial/by-id/usb-Raspberry_Pi_Pico_E661-if00"
 DEADLINE = 10.0  # seconds; generous for a loaded 2-core machine, reached only on failure
 
 
@@ -303,6 +304,72 @@ def test_unplug_and_replug_at_the_same_link_reconnects_by_itself(tmp_path, caplo
     assert "waiting for it to return" in caplog.text
     assert f"source bench-1: reconnected to {link}" in caplog.text
     assert caplog.text.count("gone") == 1  # one line per outage, not one per retry
+
+
+@pytest.mark.parametrize(
+    ("listed", "expected"),
+    [
+        (
+            {"vid": "2e8a", "pid": "0005", "serial_number": "E661", "by_id": BY_ID},
+            f'match = {{ vid = "2e8a", pid = "0005", serial = "E661" }} or port = "{BY_ID}"',
+        ),
+        ({"vid": None, "pid": None, "serial_number": None, "by_id": None}, "match = { serial"),
+    ],
+    ids=["usb-ids-known", "nothing-known"],
+)
+def test_a_plain_device_path_that_goes_away_says_how_to_follow_the_device(caplog, listed, expected):
+    """/dev/ttyACM0 names whatever the kernel numbered first: on an unplug the source says,
+    once, how `match` or a by-id path would follow the device (from what the port listing
+    said while it was there; ptys have no USB ids, so the listing stands in for udev)."""
+
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            config = {"name": "bench-1", "port": device.path, "reconnect_interval": 0.05}
+            listing = [{"device": device.path, **listed}]
+            source = SerialSource(
+                config, collector.on_line, collector.on_event, list_ports=lambda: listing
+            )
+            source.start()
+            await collector.wait_state("connected")
+            device.unplug()
+            await collector.wait_state("waiting")
+            stats = source.stats()
+            await source.stop()
+            return collector, stats
+
+    with caplog.at_level(logging.INFO, logger="gateway.sources"):
+        collector, stats = run(scenario())
+    hint = collector.events[1][1]["hint"]
+    assert expected in hint and "names a port, not a device" in hint
+    assert stats["hint"] == hint
+    assert caplog.text.count("names a port, not a device") == 1
+
+
+def test_a_source_that_follows_the_device_gets_no_hint():
+    async def scenario():
+        with VirtualSerialDevice() as device:
+            collector = Collector()
+            listing = [{"device": device.path, "vid": "2e8a", "pid": "0005",
+                        "serial_number": "E661", "by_id": BY_ID}]  # fmt: skip
+            config = {"name": "bench-1", "match": {"serial": "E661"}, "reconnect_interval": 0.05}
+            source = SerialSource(
+                config, collector.on_line, collector.on_event, list_ports=lambda: listing
+            )
+            source.start()
+            await collector.wait_state("connected")
+            device.unplug()
+            await collector.wait_state("waiting")
+            await source.stop()
+            return collector
+
+    collector = run(scenario())
+    assert "hint" not in collector.events[1][1]
+    # Paths udev makes from the device itself follow it too; a kernel name does not.
+    for path, plain in ((BY_ID, False), ("/dev/serial/by-path/pci-0:1.2", False),
+                        ("/dev/ttyACM0", True)):  # fmt: skip
+        source = SerialSource({"name": "s", "port": path}, collector.on_line)
+        assert source._names_a_port() is plain, path
 
 
 def test_several_unplugs_each_reconnect_and_count(tmp_path):

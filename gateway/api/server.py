@@ -1,34 +1,51 @@
-"""The API listener: one port serving WebSocket paths (/ws) and plain HTTP routes (/api/v1/...)."""
+"""The API listener on aiohttp: HTTP routes (/api/v1/...) and WebSocket paths (/ws) on one port.
+
+It knows nothing of the gateway: routes and WebSocket paths are registered by whoever serves
+them (the control plane, the WebSocket sink). Every request passes the same gate first:
+rate limit per client address, bearer token, role, rate limit per token (gateway.api.security).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import http
 import inspect
 import json
 import logging
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Awaitable, Callable, Mapping, Optional, Union
 from urllib.parse import parse_qs, unquote
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from gateway.api.security import ApiError, Principal, Security
 
 log = logging.getLogger("gateway.api")
 
-# (status, headers, body) — what an HTTP handler returns.
-HttpResponse = tuple
+MAX_BODY = 64 * 1024  # a control-plane request body (a sink's keys, a session) is small
+MAX_WS_MESSAGE = 2**16  # clients of /ws have nothing to say beyond control frames
+STOP_TIMEOUT = 2.0  # handlers still running this long after stop() are cancelled
+WS_CLOSE_TIMEOUT = 2.0  # a client that will not answer a close frame is cut off after this
+
+# (status, headers, body), or an aiohttp response for a handler that streams.
+HttpResponse = Union[tuple, web.StreamResponse]
 HttpHandler = Callable[["HttpRequest"], Union[HttpResponse, Awaitable[HttpResponse]]]
-WebSocketHandler = Callable[[ServerConnection], Awaitable[None]]
+WebSocketHandler = Callable[[web.WebSocketResponse, "HttpRequest"], Awaitable[None]]
 # Called before a WebSocket handshake is accepted: None accepts, an HttpResponse refuses.
-WebSocketCheck = Callable[["HttpRequest"], Optional[HttpResponse]]
+WebSocketCheck = Callable[["HttpRequest"], Optional[tuple]]
 
 
 class HttpRequest:
-    """What a handler sees of a request: method, path split from its query, headers, path params."""
+    """What a handler sees of a request: method, path split from its query, headers, params."""
 
-    def __init__(self, method: str, target: str, headers: Headers, params: dict | None = None):
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        params: dict | None = None,
+        body: bytes = b"",
+        remote: str = "",
+    ):
         self.method = method
         self.target = target
         path, _, query = target.partition("?")
@@ -37,6 +54,10 @@ class HttpRequest:
         self.raw_query = query
         self.headers = headers
         self.params: dict[str, str] = params or {}
+        self.body = body
+        self.remote = remote
+        self.principal: Principal | None = None
+        self.native: web.Request | None = None  # for handlers that stream
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -52,13 +73,23 @@ class HttpRequest:
                 values.append(unquote(value))
         return values
 
+    def json(self) -> Any:
+        """The body as a JSON object; a 400 naming the problem otherwise."""
+        try:
+            value = json.loads(self.body or b"null")
+        except ValueError as error:
+            raise ApiError(400, "invalid_json", f"body: expected JSON, {error}") from None
+        if not isinstance(value, dict):
+            raise ApiError(400, "invalid_body", "body: expected a JSON object")
+        return value
 
-def json_response(status: int, value: Any, headers: dict[str, str] | None = None) -> HttpResponse:
+
+def json_response(status: int, value: Any, headers: dict[str, str] | None = None) -> tuple:
     body = json.dumps(value, separators=(",", ":")).encode()
     return status, {"Content-Type": "application/json", **(headers or {})}, body
 
 
-def error_response(status: int, code: str, message: str, **headers: str) -> HttpResponse:
+def error_response(status: int, code: str, message: str, **headers: str) -> tuple:
     """The control plane's error shape: {"error": {"code", "message"}}."""
     return json_response(status, {"error": {"code": code, "message": message}}, headers)
 
@@ -75,11 +106,12 @@ def parse_listen(listen: str) -> tuple[str, int]:
 class _Route:
     """One HTTP route; '{name}' segments match one path segment and become request.params."""
 
-    def __init__(self, method: str, pattern: str, handler: HttpHandler):
+    def __init__(self, method: str, pattern: str, handler: HttpHandler, role: str):
         self.method = method.upper()
         self.pattern = pattern
         self.segments = pattern.strip("/").split("/")
         self.handler = handler
+        self.role = role
 
     def match(self, raw_path: str) -> dict[str, str] | None:
         # Split before decoding, so an encoded '/' (%2F) stays inside its segment.
@@ -97,73 +129,110 @@ class _Route:
         return params
 
 
-class ApiServer:
-    """Serves registered WebSocket paths and HTTP routes on one listener (websockets' server).
+class _WebSocketPath:
+    def __init__(self, handler: WebSocketHandler, check: WebSocketCheck | None):
+        self.handler = handler
+        self.check = check
 
-    HTTP requests are answered from process_request, before any WebSocket handshake, so plain
-    HTTP and WebSocket share the port; every answer closes its connection. Limits inherited
-    from websockets' HTTP parser: a request with a body (Content-Length > 0) is dropped
-    without an answer, and a response cannot stream (SSE); the control plane's POST/PATCH
-    routes and /sse will need a front parser for those.
+
+class ApiServer:
+    """Serves registered HTTP routes and WebSocket paths on one aiohttp listener.
+
+    `api` is the validated [api] table (listen, tokens, tls, allow_insecure, rate_limit); a
+    bare `listen` string serves localhost clients only, with default rate limits.
     """
 
-    def __init__(self, listen: str = "127.0.0.1:8080"):
-        self.host, self.port = parse_listen(listen)
+    def __init__(self, listen: str = "127.0.0.1:8080", api: Mapping[str, Any] | None = None):
+        api = api or {"listen": listen}
+        self.host, self.port = parse_listen(api.get("listen", listen))
+        self.security = Security(api)
         self._routes: list[_Route] = []
-        self._websockets: dict[str, tuple[WebSocketHandler, WebSocketCheck | None]] = {}
-        self._server: Server | None = None
+        self._websockets: dict[str, _WebSocketPath] = {}
+        self._open_websockets: set[web.WebSocketResponse] = set()
+        self._query_token_paths: set[str] = set()
+        self._runner: web.AppRunner | None = None
         self.add_http("GET", "/api/v1/health", lambda request: json_response(200, {"status": "ok"}))
 
+    @property
+    def scheme(self) -> str:
+        return "https" if self.security.tls else "http"
+
     # -- registration --------------------------------------------------------------------
-    def add_http(self, method: str, path: str, handler: HttpHandler) -> None:
-        """Serve `method path` with handler(request) -> (status, headers, body); replaces any."""
+    def add_http(self, method: str, path: str, handler: HttpHandler, role: str = "viewer") -> None:
+        """Serve `method path` with handler(request) to callers of at least `role`; replaces."""
         self._routes = [r for r in self._routes if (r.method, r.pattern) != (method.upper(), path)]
-        self._routes.append(_Route(method, path, handler))
+        self._routes.append(_Route(method, path, handler, role))
+
+    def routes(self) -> list[tuple[str, str, str]]:
+        """(method, path pattern, role) of every HTTP route, in registration order."""
+        return [(route.method, route.pattern, route.role) for route in self._routes]
 
     def add_websocket(
         self, path: str, handler: WebSocketHandler, check: WebSocketCheck | None = None
     ) -> None:
-        """Serve WebSocket clients of `path` with the async handler(connection)."""
+        """Serve WebSocket clients of `path` (viewer role) with the async handler(ws, request)."""
         if path in self._websockets:
             raise ValueError(f"WebSocket path {path!r} is already served")
-        self._websockets[path] = (handler, check)
+        self._websockets[path] = _WebSocketPath(handler, check)
 
     def remove_websocket(self, path: str) -> None:
         self._websockets.pop(path, None)
 
+    def allow_query_token(self, path: str) -> None:
+        """Let callers of `path` present their token as ?access_token= (EventSource at /sse
+        cannot set headers, as a browser's WebSocket cannot)."""
+        self._query_token_paths.add(path)
+
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._server = await serve(
-            self._serve_websocket,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            # Live feeds are small JSON frames fanned out to several clients: per-frame
-            # deflate would cost more CPU than the bytes it saves on a LAN.
-            compression=None,
-            max_size=2**16,
+        application = web.Application(client_max_size=MAX_BODY)
+        # One route for every path (a newline, %0A, in it too): ours does the routing.
+        application.router.add_route("*", r"/{tail:[\s\S]*}", self._handle)
+        self._runner = web.AppRunner(
+            application,
+            access_log=access_log,
+            access_log_class=_AccessLog,
+            handle_signals=False,
+            shutdown_timeout=STOP_TIMEOUT,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
-        log.info("API listening on http://%s:%d", self.host, self.port)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner, self.host, self.port, ssl_context=self.security.ssl_context()
+        )
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("API listening on %s://%s:%d", self.scheme, self.host, self.port)
+        for warning in self.security.warnings(self.host):
+            log.warning("API: %s", warning)
 
     async def stop(self) -> None:
-        if self._server is None:
+        if self._runner is None:
             return
-        self._server.close()
-        await self._server.wait_closed()
-        self._server = None
+        closing = [_close_quietly(ws, 1001, "server stopping") for ws in self._open_websockets]
+        await asyncio.gather(*closing)
+        await self._runner.cleanup()
+        self._runner = None
 
     # -- request handling ----------------------------------------------------------------
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        http_request = HttpRequest(_method(request), request.path, request.headers)
-        entry = self._websockets.get(http_request.path)
-        if entry is not None and _wants_upgrade(request):
-            check = entry[1]
-            refusal = check(http_request) if check else None
-            return _to_response(refusal) if refusal else None
-        return _to_response(await self._answer_http(http_request))
+    async def _handle(self, native: web.Request) -> web.StreamResponse:
+        request = HttpRequest(
+            native.method.upper(),
+            native.raw_path,  # the request target as sent: path and query, still encoded
+            native.headers,
+            remote=native.remote or "",
+        )
+        request.native = native
+        websocket = self._websockets.get(request.path)
+        try:
+            # Who is asking comes first: a body is read only for a caller let in.
+            query_token = websocket is not None or request.path in self._query_token_paths
+            request.principal = self.security.admit(request, query_token)
+            if websocket is not None:
+                return await self._serve_websocket(websocket, request, native)
+            request.body = await _read_body(native)
+            return _to_response(await self._answer_http(request))
+        except ApiError as error:
+            return _to_response(_error(error))
 
     async def _answer_http(self, request: HttpRequest) -> HttpResponse:
         allowed = []
@@ -174,23 +243,39 @@ class ApiServer:
             if route.method != request.method:
                 allowed.append(route.method)
                 continue
+            self.security.authorize(request.principal, route.role)
             request.params = params
             return await _call(route.handler, request)
-        if request.path in self._websockets:
-            message = f"{request.path} is a WebSocket endpoint"
-            return error_response(426, "upgrade_required", message)
         if allowed:
             message = f"{request.method} is not allowed on {request.path}"
             return error_response(405, "method_not_allowed", message, Allow=", ".join(allowed))
         return error_response(404, "not_found", f"no such path: {request.path}")
 
-    async def _serve_websocket(self, connection: ServerConnection) -> None:
-        path = unquote(connection.request.path.partition("?")[0])
-        entry = self._websockets.get(path)
-        if entry is None:  # unregistered between handshake and now
-            await connection.close(1001, "endpoint removed")
-            return
-        await entry[0](connection)
+    async def _serve_websocket(
+        self, entry: _WebSocketPath, request: HttpRequest, native: web.Request
+    ) -> web.StreamResponse:
+        self.security.authorize(request.principal, "viewer")
+        if request.method != "GET":
+            message = f"{request.method} is not allowed on {request.path}"
+            return _to_response(error_response(405, "method_not_allowed", message, Allow="GET"))
+        if "websocket" not in native.headers.get("Upgrade", "").lower():
+            message = f"{request.path} is a WebSocket endpoint"
+            return _to_response(error_response(426, "upgrade_required", message))
+        refusal = entry.check(request) if entry.check else None
+        if refusal:
+            return _to_response(refusal)
+        # Live feeds are small JSON frames fanned out to several clients: per-frame deflate
+        # would cost more CPU than the bytes it saves on a LAN.
+        websocket = web.WebSocketResponse(
+            compress=False, max_msg_size=MAX_WS_MESSAGE, timeout=WS_CLOSE_TIMEOUT
+        )
+        await websocket.prepare(native)
+        self._open_websockets.add(websocket)
+        try:
+            await entry.handler(websocket, request)
+        finally:
+            self._open_websockets.discard(websocket)
+        return websocket
 
 
 async def _call(handler: HttpHandler, request: HttpRequest) -> HttpResponse:
@@ -199,32 +284,59 @@ async def _call(handler: HttpHandler, request: HttpRequest) -> HttpResponse:
         if inspect.isawaitable(result):
             result = await result
         return result
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ApiError):
         raise
     except Exception as error:
         log.exception("HTTP handler for %s %s failed", request.method, request.path)
         return error_response(500, "internal", f"{type(error).__name__}: {error}")
 
 
-def _method(request: Request) -> str:
-    # websockets' Request records the method from version 14 on; older ones only parse GET.
-    return getattr(request, "method", "GET").upper()
+async def _read_body(native: web.Request) -> bytes:
+    if not native.can_read_body:
+        return b""
+    try:
+        return await native.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "too_large", f"body: larger than {MAX_BODY} bytes") from None
 
 
-def _wants_upgrade(request: Request) -> bool:
-    return "websocket" in request.headers.get("Upgrade", "").lower()
+async def _close_quietly(websocket: web.WebSocketResponse, code: int, reason: str) -> None:
+    try:
+        await asyncio.wait_for(
+            websocket.close(code=code, message=reason.encode()), WS_CLOSE_TIMEOUT
+        )
+    except Exception:  # closing is best effort at shutdown: the runner cuts what is left
+        pass
 
 
-def _to_response(answer: HttpResponse) -> Response:
+def _error(error: ApiError) -> tuple:
+    return error_response(error.status, error.code, error.message, **error.headers)
+
+
+def _to_response(answer: HttpResponse) -> web.StreamResponse:
+    if isinstance(answer, web.StreamResponse):
+        return answer
     status, headers, body = answer
-    status = http.HTTPStatus(status)
-    response_headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Length", str(len(body))),
-        ]
-    )
-    for key, value in headers.items():
-        response_headers[key] = value
-    return Response(status.value, status.phrase, response_headers, body)
+    return web.Response(status=status, headers=headers, body=body)
+
+
+access_log = logging.getLogger("gateway.api.access")
+
+
+class _AccessLog(AbstractAccessLogger):
+    """One DEBUG line per request: client, method, path, status, time. The path only, never
+    the query: a WebSocket URL may carry ?access_token=, which must never be logged."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.debug(
+            "%s %s %s %d %.1f ms",
+            request.remote,
+            request.method,
+            request.path,
+            response.status,
+            time * 1000,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.DEBUG)

@@ -46,7 +46,7 @@ def loads(
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError([_syntax_error(error)], source) from None
+        raise ConfigError([_syntax_error(error, text)], source) from None
     config, errors = normalize(raw)
     errors.extend(presets.check_references(config))
     if errors:
@@ -54,13 +54,35 @@ def loads(
     return config
 
 
-def _syntax_error(error: Exception) -> str:
+_ASSIGNMENT = re.compile(r"^\s*([A-Za-z0-9_.\-\"']+)\s*=\s*(.*?)\s*$")
+# How a TOML value can start; anything else on the right of `=` is a bare word or path.
+_VALUE_START = re.compile(r"""^["'\[{0-9+\-]|^(true|false|inf|nan)\b""")
+
+
+def _syntax_error(error: Exception, text: str = "") -> str:
     message = str(error)
     match = _POSITION.search(message)
     if match is None:
         return f"invalid TOML: {message}"
     detail = message[: match.start()]
-    return f"line {match.group(1)}, column {match.group(2)}: invalid TOML: {detail}"
+    line = int(match.group(1))
+    hint = _syntax_hint(text.splitlines()[line - 1] if 0 < line <= text.count("\n") + 1 else "")
+    return f"line {line}, column {match.group(2)}: invalid TOML: {detail}{hint}"
+
+
+def _syntax_hint(line: str) -> str:
+    """What to do about the usual slips: a string or a path without quotes, a Windows path
+    in double quotes (its backslashes are escapes there)."""
+    assignment = _ASSIGNMENT.match(line)
+    if assignment is None:
+        return ""
+    key, value = assignment.groups()
+    value = value.split(" #")[0].strip()
+    if value and not _VALUE_START.match(value):
+        return f'; text needs quotes: {key} = "{value}"'
+    if value.startswith('"') and "\\" in value:
+        return f"; backslashes are escapes in double quotes: {key} = '{value.strip(chr(34))}'"
+    return ""
 
 
 def check_file(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> list[str]:

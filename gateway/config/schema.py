@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.units import DURATION_EXPECTED, SIZE_EXPECTED, parse_duration, parse_size
 from gateway.core.bounds import DEFAULT_QUEUE_SIZE
+from gateway.core.nmea import SENTENCES
 from gateway.core.pipeline import STEP_CHOICES, STEP_PARAMETERS, check_step
 
 
@@ -36,7 +37,11 @@ MISSING: Any = object()
 TOP_KEYS = ("gateway", "api", "sources", "presets", "sinks")
 GATEWAY_KEYS = ("id", "data_dir", "fsync", "commit_interval")
 FSYNC_CHOICES = ("always", "batch", "off")
-API_KEYS = ("listen", "tokens")
+API_KEYS = ("listen", "tokens", "tls", "allow_insecure", "rate_limit")
+RATE_LIMIT_KEYS = ("token", "address")
+# Requests a second and burst: per token (a dashboard polls a few endpoints a second), and
+# per client address, which counts every request, failed logins too.
+RATE_LIMIT_DEFAULTS = {"token": {"rate": 10.0, "burst": 20}, "address": {"rate": 20.0, "burst": 40}}
 PLACEHOLDERS = ("gateway", "device", "stream")
 DEFAULT_TOPIC = "gw/{gateway}/{device}/{stream}"
 ROLES = ("admin", "operator", "viewer")
@@ -86,14 +91,15 @@ SINK_KEYS = {
         "max_inflight",
         "availability",
         "discovery_prefix",
+        "device_timeout",
         "encoding",
         "batch",
     ),
     "udp": ("targets", "encoding", "max_datagram", "batch", "ttl", "broadcast"),
     "websocket": LIVE_SINK_KEYS,
-    "sse": LIVE_SINK_KEYS,
-    "webhook": ("url", "timeout", "encoding", "batch", "headers"),
-    "recorder": ("path", "format", "rotate_bytes"),
+    "sse": LIVE_SINK_KEYS + ("replay", "replay_age", "client_retry", "heartbeat", "cors_origins"),
+    "webhook": ("url", "timeout", "encoding", "batch", "headers", "verify", "ca", "cert", "key"),
+    "recorder": ("path", "format", "rotate_bytes", "rotate_every", "gzip", "fsync_every", "name"),
 }
 SOURCE_KEYS = (
     "name",
@@ -106,6 +112,9 @@ SOURCE_KEYS = (
     "fields",
     "pattern",
     "delimiter",
+    "sentences",
+    "header",
+    "decimal",
     "stream",
     "preset",
     "max_line",
@@ -462,6 +471,18 @@ def string_map(expected: str) -> Check:
     return check
 
 
+def table(expected: str) -> Check:
+    """A non-empty table, kept as it is: its owner checks the inside (validate's fields)."""
+
+    @_expects(expected)
+    def check(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict) or not value:
+            raise Invalid(expected)
+        return dict(value)
+
+    return check
+
+
 TEMPLATE_EXPECTED = "a topic template using only {gateway}, {device} and {stream}"
 
 
@@ -623,6 +644,47 @@ def _gateway(section: Section) -> dict[str, Any]:
 
 def _api(section: Section) -> dict[str, Any]:
     listen = section.get("listen", host_port(port_low=0), "127.0.0.1:8080")
+    api = {
+        "listen": listen,
+        "tokens": _tokens(section),
+        "tls": _tls(section.table("tls", ("cert", "key"))) if section.has("tls") else None,
+        "allow_insecure": section.get("allow_insecure", boolean, False),
+        "rate_limit": _rate_limits(section.table("rate_limit", RATE_LIMIT_KEYS)),
+    }
+    problem = exposure_problem(api) if section.valid else None
+    if problem:
+        section.report.add(section.at("listen"), problem)
+    return api
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine reaches: 127.0.0.0/8, ::1, "localhost"."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def exposure_problem(api: Mapping[str, Any]) -> str | None:
+    """What is wrong with a listener other hosts can reach without tokens and TLS, unless
+    allow_insecure says so; None when nothing is."""
+    listen = api.get("listen") or "127.0.0.1:0"
+    host = listen.rpartition(":")[0] or "127.0.0.1"
+    locked = bool(api.get("tokens")) and bool(api.get("tls"))
+    if is_loopback(host) or locked or api.get("allow_insecure"):
+        return None
+    return (
+        f"{listen} is reachable from other hosts, which needs tokens and tls "
+        "(or allow_insecure = true)"
+    )
+
+
+def _tokens(section: Section) -> list[dict[str, Any]]:
     tokens = []
     raw_tokens = section.raw.get("tokens", [])
     if not isinstance(raw_tokens, list):
@@ -642,7 +704,25 @@ def _api(section: Section) -> dict[str, Any]:
         elif token["name"]:
             seen[token["name"]] = index
         tokens.append(token)
-    return {"listen": listen, "tokens": tokens}
+    return tokens
+
+
+def _tls(section: Section) -> dict[str, Any]:
+    return {
+        "cert": section.get("cert", text("a PEM certificate file path"), required=True),
+        "key": section.get("key", text("a PEM private key file path"), required=True),
+    }
+
+
+def _rate_limits(section: Section) -> dict[str, Any]:
+    limits = {}
+    for key, default in RATE_LIMIT_DEFAULTS.items():
+        table = section.table(key, ("rate", "burst"))
+        limits[key] = {
+            "rate": table.get("rate", number(above=0), default["rate"]),
+            "burst": table.get("burst", POSITIVE_INT, default["burst"]),
+        }
+    return limits
 
 
 def _token(section: Section) -> dict[str, Any]:
@@ -710,7 +790,8 @@ def _source(section: Section) -> dict[str, Any]:
         "simulate": simulate,
         "baud": section.get("baud", POSITIVE_INT, 115200),
         "framing": framing,
-        "delimiter": section.get("delimiter", _delimiter, ","),
+        # None: the format's own default (csv "," or ";" with decimal ","; kv "," and ";")
+        "delimiter": section.get("delimiter", _delimiter),
         "stream": section.get("stream", name, "default"),
         "preset": section.get("preset", name, "basic"),
         "max_line": section.get("max_line", size(), 4096),
@@ -753,10 +834,10 @@ def _simulate(section: Section) -> dict[str, Any]:
 def _line_format(section: Section, framing: str, simulate: dict | None) -> dict[str, Any]:
     report = section.report
     if framing == "cobs":
-        for key in ("format", "fields", "pattern", "simulate"):
+        for key in LINE_FORMAT_KEYS + ("simulate",):
             if section.has(key):
                 report.add(section.at(key), 'not used with framing "cobs" (only with "lines")')
-        return {"format": None, "fields": None, "pattern": None}
+        return {"format": None, "fields": None, "pattern": None, **_NO_FORMAT_OPTIONS}
     profile = PROFILE_FORMATS.get((simulate or {}).get("profile"), {})
     line_format = section.get("format", choice(FORMATS), profile.get("format", "json"))
     if profile and line_format != profile["format"]:
@@ -766,15 +847,59 @@ def _line_format(section: Section, framing: str, simulate: dict | None) -> dict[
     pattern = section.get("pattern", regex)
     if fields is None and "fields" in profile:
         fields = list(profile["fields"])
-    elif line_format == "csv" and not section.has("fields"):
-        report.expected(section.at("fields"), 'an array of column names (format "csv")')
+    elif line_format == "csv" and not (section.has("fields") or section.raw.get("header") is True):
+        report.expected(
+            section.at("fields"), 'an array of column names (format "csv", or header = true)'
+        )
     if line_format == "regex" and not section.has("pattern"):
         report.expected(section.at("pattern"), regex.expected)  # type: ignore[attr-defined]
     if line_format != "csv" and section.has("fields"):
         report.add(section.at("fields"), f'not used with format "{line_format}" (only "csv")')
     if line_format != "regex" and section.has("pattern"):
         report.add(section.at("pattern"), f'not used with format "{line_format}" (only "regex")')
-    return {"format": line_format, "fields": fields, "pattern": pattern}
+    options = _format_options(section, line_format)
+    return {"format": line_format, "fields": fields, "pattern": pattern, **options}
+
+
+# Line-format keys, and the formats each of the newer ones applies to.
+LINE_FORMAT_KEYS = ("format", "fields", "pattern", "delimiter", "sentences", "header", "decimal")
+_FORMAT_OPTION_FORMATS = {
+    "delimiter": ("csv", "kv"),
+    "sentences": ("nmea",),
+    "header": ("csv",),
+    "decimal": ("csv",),
+}
+# None where a key does not apply, so that a normalised config validates again unchanged
+_NO_FORMAT_OPTIONS = {"sentences": None, "header": None, "decimal": None}
+
+
+def _format_options(section: Section, line_format: str) -> dict[str, Any]:
+    """sentences (nmea), header and decimal (csv), each an error with another format."""
+    for key, formats in _FORMAT_OPTION_FORMATS.items():
+        if section.has(key) and line_format not in formats:
+            only = " or ".join(f'"{kind}"' for kind in formats)
+            message = f'not used with format "{line_format}" (only {only})'
+            section.report.add(section.at(key), message)
+    options = dict(_NO_FORMAT_OPTIONS)
+    if section.has("sentences"):
+        options["sentences"] = list(dict.fromkeys(section.get_list("sentences", _sentence)))
+    if line_format == "csv":
+        options["header"] = section.get("header", boolean, False)
+        options["decimal"] = section.get("decimal", choice((".", ","), '"." or ","'), ".")
+    delimiter = section.raw.get("delimiter")
+    if options["decimal"] == "," and isinstance(delimiter, str) and "," in delimiter:
+        section.report.add(
+            section.at("decimal"), 'a decimal "," needs another delimiter (the default is ";")'
+        )
+    return options
+
+
+@_expects("a sentence type: " + ", ".join(SENTENCES))
+def _sentence(value: Any) -> str:
+    kind = value.upper() if isinstance(value, str) else value
+    if kind not in SENTENCES:
+        raise Invalid(_sentence.expected, did_you_mean(kind, SENTENCES))  # type: ignore
+    return kind
 
 
 # -- sinks ------------------------------------------------------------------------------------
@@ -845,9 +970,9 @@ def _retry(section: Section) -> dict[str, Any]:
     return {"base": base, "cap": cap}
 
 
-def _batch(section: Section) -> dict[str, Any]:
+def _batch(section: Section, max_readings: int = 1) -> dict[str, Any]:
     return {
-        "max_readings": section.get("max_readings", POSITIVE_INT, 1),
+        "max_readings": section.get("max_readings", POSITIVE_INT, max_readings),
         "max_delay": section.get("max_delay", duration(), 0.0),
     }
 
@@ -872,6 +997,8 @@ def _mqtt(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
         "max_inflight": section.get("max_inflight", MAX_INFLIGHT, 1000),
         "availability": section.get("availability", boolean, True),
         "discovery_prefix": section.get("discovery_prefix", text(), "homeassistant"),
+        # A discovered device silent this long is "offline" (0: only its link decides).
+        "device_timeout": section.get("device_timeout", duration(), 60.0),
         "encoding": section.get("encoding", choice(ENCODINGS), "json"),
         "batch": _batch(section.table("batch", BATCH_KEYS)),
     }
@@ -940,6 +1067,18 @@ def _live(default_path: str) -> Callable[[Section, Mapping[str, Any]], dict[str,
     return options
 
 
+def _sse(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
+    origins = string_list('a list of origins like "https://dash.example" (or ["*"])', True)
+    return {
+        **_live("/sse")(section, gateway),
+        "replay": section.get("replay", integer(0, 1_000_000), 10_000),  # readings kept
+        "replay_age": section.get("replay_age", duration(positive=True), 600.0),
+        "client_retry": section.get("client_retry", duration(positive=True), 2.0),
+        "heartbeat": section.get("heartbeat", duration(positive=True), 15.0),
+        "cors_origins": section.get("cors_origins", origins, []),
+    }
+
+
 _HTTP_PATH_EXPECTED = 'a URL path like "/ws", outside "/api/"'
 
 
@@ -971,13 +1110,24 @@ def _check_live_paths(report: Report, sinks: Mapping[str, Mapping[str, Any]]) ->
 
 def _webhook(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
     url_check = url(("http", "https"), "https://example.com/ingest")
-    return {
+    options = {
         "url": section.get("url", url_check, required=section.valid),
         "timeout": section.get("timeout", duration(positive=True), 10.0),
         "encoding": section.get("encoding", choice(ENCODINGS), "json"),
-        "batch": _batch(section.table("batch", BATCH_KEYS)),
+        # One POST carries a batch: 500 readings unless told otherwise.
+        "batch": _batch(section.table("batch", BATCH_KEYS), 500),
         "headers": section.get("headers", string_map("a table of header name = value"), {}),
+        "verify": section.get("verify", boolean, True),
+        "ca": section.get("ca", text("a file path")),
+        "cert": section.get("cert", text("a file path")),
+        "key": section.get("key", text("a file path")),
     }
+    if section.has("key") and not section.has("cert"):
+        section.report.expected(section.at("cert"), "a file path (a key goes with a cert)")
+    tls_keys = [key for key in ("verify", "ca", "cert", "key") if section.has(key)]
+    if tls_keys and str(options["url"] or "").startswith("http://"):
+        section.report.add(section.at(tls_keys[0]), 'not used with an "http://" URL')
+    return options
 
 
 def _recorder(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
@@ -986,6 +1136,10 @@ def _recorder(section: Section, gateway: Mapping[str, Any]) -> dict[str, Any]:
         "path": section.get("path", text("a directory path"), default_path),
         "format": section.get("format", choice(("jsonl", "csv")), "jsonl"),
         "rotate_bytes": section.get("rotate_bytes", size(), 100 * 1024**2),
+        "rotate_every": section.get("rotate_every", duration(), 0.0),  # 0: by size only
+        "gzip": section.get("gzip", boolean, False),
+        "fsync_every": section.get("fsync_every", duration(), 1.0),  # 0: at rotation and stop
+        "name": section.get("name", name),  # in file names; default the sink's name
     }
 
 
@@ -995,7 +1149,7 @@ _SINK_TYPE_OPTIONS = {
     "mqtt": _mqtt,
     "udp": _udp,
     "websocket": _live("/ws"),
-    "sse": _live("/sse"),
+    "sse": _sse,
     "webhook": _webhook,
     "recorder": _recorder,
 }
@@ -1098,6 +1252,7 @@ _STEP_TYPE_CHECKS = {
     "duration": duration(positive=True),
     "list of strings": string_list("a non-empty array of strings"),
     "map of strings": string_map("a table of non-empty strings"),
+    "table": table("a non-empty table"),
 }
 
 

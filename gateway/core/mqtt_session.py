@@ -9,6 +9,7 @@ CONNECTED = "connected"
 # Event kinds; a CONNECTED event has the same name as the state it starts.
 REFUSED = "refused"
 LOST = "lost"
+MESSAGE = "message"  # a PUBLISH from the broker, on a topic subscribe() asked for
 
 _DUP = 0x08
 _MIN_ACK_TIMEOUT_MS = 10000
@@ -31,17 +32,22 @@ class SessionError(Exception):
 
 class Event:
     """A connection-level event: CONNECTED (session_present), REFUSED (return_code, reason)
-    or LOST (reason)."""
+    or LOST (reason); or MESSAGE (topic, payload) received."""
 
     CONNECTED = CONNECTED
     REFUSED = REFUSED
     LOST = LOST
+    MESSAGE = MESSAGE
 
-    def __init__(self, kind, session_present=False, return_code=0, reason=""):
+    def __init__(
+        self, kind, session_present=False, return_code=0, reason="", topic=None, payload=b""
+    ):
         self.kind = kind
         self.session_present = session_present
         self.return_code = return_code
         self.reason = reason
+        self.topic = topic
+        self.payload = payload
 
     def __repr__(self):
         if self.kind == CONNECTED:
@@ -101,7 +107,8 @@ class MqttSession:
         self.max_inflight_bytes = max_inflight_bytes
         self.ack_timeout_ms = ack_timeout_ms
         self.counters = {"published": 0, "acked": 0, "resent": 0, "unknown_acks": 0, "pings": 0}
-        self.counters["received"] = 0  # PUBLISH packets from the broker, which we do not use
+        self.counters["received"] = 0  # PUBLISH packets from the broker (MESSAGE events)
+        self.counters["subscribed"] = 0  # SUBACKs
         self.state = DISCONNECTED
         self._encoder = mqtt.PublishEncoder()
         self._reader = mqtt.PacketReader()
@@ -116,6 +123,7 @@ class MqttSession:
         self._last_sent = 0
         self._connect_sent = 0
         self._ping_sent = None  # tick of the unanswered PINGREQ
+        self._subscribing = set()  # packet ids of SUBSCRIBEs waiting for their SUBACK
 
     # -- connection -------------------------------------------------------------------------
 
@@ -147,6 +155,7 @@ class MqttSession:
         self._out = bytearray()
         self._reader = mqtt.PacketReader()
         self._ping_sent = None
+        self._subscribing = set()
 
     def _lose(self, reason):
         self._reset_connection()
@@ -225,6 +234,20 @@ class MqttSession:
             self._last_id = packet_id
         self.counters["published"] += 1
         self._last_sent = now
+
+    def subscribe(self, filters, now):
+        """Queue SUBSCRIBE to [(filter, qos), ...]; matching messages come as MESSAGE events.
+
+        Not tracked across connections (subscribe again after each CONNACK). Its packet id
+        is one no QoS 1 message holds now; the broker tells SUBACK from PUBACK by type.
+        """
+        if self.state != CONNECTED:
+            raise SessionError(f"subscribe() while {self.state}")
+        packet_id = self._free_packet_id(self._last_id % mqtt.MAX_PACKET_ID + 1)
+        self._out += mqtt.subscribe(packet_id, filters)
+        self._subscribing.add(packet_id)
+        self._last_sent = now
+        return packet_id
 
     def _free_packet_id(self, packet_id):
         # Terminates: the window (at most 65535) is not full, so some id is free.
@@ -345,6 +368,10 @@ class MqttSession:
             self.counters["received"] += 1
             if packet.qos:
                 self._out += mqtt.puback(packet.packet_id)  # or the broker sends it forever
+            self._events.append(Event(MESSAGE, topic=packet.topic, payload=packet.payload))
+        elif kind == mqtt.SUBACK and packet.packet_id in self._subscribing:
+            self._subscribing.discard(packet.packet_id)
+            self.counters["subscribed"] += 1
         elif kind in (mqtt.PUBLISH, mqtt.PUBREC, mqtt.PUBREL, mqtt.PUBCOMP):
             self._lose(f"unexpected {packet.name}: QoS 2 is not supported")
         else:

@@ -46,6 +46,14 @@ class Pipeline:
                 return []
         return [reading]
 
+    def counters(self):
+        """What steps counted (validate's failed checks by reason and field), merged."""
+        merged = {}
+        for step in self.steps:
+            for reason, count in getattr(step, "counters", {}).items():
+                merged[reason] = merged.get(reason, 0) + count
+        return merged
+
     def flush(self):
         """What stateful steps still hold, passed through the steps after them."""
         carried = []

@@ -6,6 +6,7 @@ _CACHE_LIMIT = 1024  # templates, names and topics repeat; bounded so hostile in
 
 _templates = {}  # template -> (format string with positional fields, envelope keys)
 _safe_names = {}  # raw value -> value fit for one topic level
+_topics = {}  # (template, gateway, device, stream) -> rendered topic
 
 
 def check_topic_template(template):
@@ -70,6 +71,24 @@ def _safe_level(value):
 
 def render_topic(template, reading):
     """The template with {gateway}, {device} and {stream} taken from the reading."""
+    # Once per reading in the sinks: a device's readings render the same topic, so look
+    # the finished topic up by the names that fill it.
+    names = (template, reading.get("gateway"), reading.get("device"), reading.get("stream"))
+    try:
+        topic = _topics.get(names)
+    except TypeError:  # a name that cannot be a key (a device sent a list): not cached
+        return _render(template, reading)
+    if topic is None:
+        topic = _render(template, reading)
+        if not all(name is None or type(name) is str for name in names):
+            return topic  # 1, 1.0 and True are one key but three topics: not cached
+        if len(_topics) >= _CACHE_LIMIT:
+            _topics.clear()
+        _topics[names] = topic
+    return topic
+
+
+def _render(template, reading):
     compiled = _templates.get(template)
     if compiled is None:
         compiled = _compile_template(template)

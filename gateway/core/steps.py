@@ -10,7 +10,8 @@ STEP_PARAMETERS describes every op for the config validator:
     {op: {param: (type, required)}}
 
 where type is one of "string", "number", "integer", "duration" (seconds, a number once the
-config is loaded), "list of strings" or "map of strings" (string keys and values).
+config is loaded), "list of strings", "map of strings" (string keys and values) or "table"
+(a non-empty table the op's own rule checks in depth: validate's per-field rules).
 STEP_CHOICES = {op: {param: allowed values}} lists the closed sets (unit names, window
 functions). check_step(spec) applies all of it plus the rules across parameters (exactly one
 of every/count, compatible units, ...) and returns [(param or None, message)], messages
@@ -59,13 +60,20 @@ STEP_PARAMETERS = {
         "salt": ("string", False),
         "length": ("integer", False),
     },
+    "validate": {"fields": ("table", True), "on_fail": ("string", False)},
 }
+
+# validate: what a field may be declared as, what a rule may say, what a failure does.
+VALUE_TYPES = ("number", "integer", "string", "bool")
+FIELD_RULE_KEYS = ("type", "min", "max", "required")
+FAIL_ACTIONS = ("drop", "flag")
 
 _UNIT_NAMES = sorted(UNITS)
 
 STEP_CHOICES = {
     "convert": {"from": _UNIT_NAMES, "to": _UNIT_NAMES},
     "window": {"functions": list(WINDOW_FUNCTIONS)},
+    "validate": {"on_fail": list(FAIL_ACTIONS)},
 }
 
 
@@ -113,6 +121,9 @@ def _type_error(kind, value):
             isinstance(item, str) and item for item in value
         )
         expected = "a list of strings"
+    elif kind == "table":
+        ok = isinstance(value, dict) and len(value) > 0
+        expected = "a non-empty table"
     elif kind == "map of strings":
         ok = isinstance(value, dict) and all(
             isinstance(k, str) and k and isinstance(v, str) and v for k, v in value.items()
@@ -219,6 +230,47 @@ def _rule_hash(spec):
     return []
 
 
+def _rule_validate(spec):
+    errors = []
+    for name in sorted(spec["fields"]):
+        rule = spec["fields"][name]
+        where = "fields." + name
+        if not isinstance(rule, dict):
+            errors.append(
+                (where, "expected a table of type, min, max, required, got " + _describe(rule))
+            )
+            continue
+        errors.extend(_field_rule_errors(where, rule))
+    return errors
+
+
+def _field_rule_errors(where, rule):
+    errors = []
+    for key in sorted(rule):
+        if key not in FIELD_RULE_KEYS:
+            expected = ", ".join(FIELD_RULE_KEYS)
+            errors.append((where + "." + key, "unknown key, expected one of " + expected))
+    kind = rule.get("type")
+    if kind is not None and kind not in VALUE_TYPES:
+        message = "expected one of {}, got {}".format(", ".join(VALUE_TYPES), _describe(kind))
+        errors.append((where + ".type", message))
+    required = rule.get("required")
+    if required is not None and not isinstance(required, bool):
+        errors.append((where + ".required", "expected true or false, got " + _describe(required)))
+    for bound in ("min", "max"):
+        value = rule.get(bound)
+        if value is None:
+            continue
+        if kind not in ("number", "integer"):
+            errors.append((where + "." + bound, 'needs type = "number" or "integer"'))
+        elif _type_error("number", value):
+            errors.append((where + "." + bound, _type_error("number", value)))
+    low, high = rule.get("min"), rule.get("max")
+    if not errors and low is not None and high is not None and low > high:
+        errors.append((where + ".max", f"expected a number >= min ({low!r}), got {high!r}"))
+    return errors
+
+
 _RULES = {
     "rename": _rule_none,
     "scale": _rule_none,
@@ -230,10 +282,68 @@ _RULES = {
     "window": _rule_window,
     "drop": _rule_none,
     "hash": _rule_hash,
+    "validate": _rule_validate,
 }
 
 
 # -- stateless steps -------------------------------------------------------------------------
+
+
+def _value_problem(kind, low, high, value):
+    """(reason, what was expected) when value breaks a field rule, else None."""
+    if kind == "number" and not _is_number(value):
+        return "type", "a number"
+    if kind == "integer" and type(value) is not int:
+        return "type", "an integer"
+    if kind == "string" and type(value) is not str:
+        return "type", "a string"
+    if kind == "bool" and type(value) is not bool:
+        return "type", "true or false"
+    if low is not None and value < low:
+        return "range", "at least " + repr(low)
+    if high is not None and value > high:
+        return "range", "at most " + repr(high)
+    return None
+
+
+class Validate:
+    """Check declared fields (type, range, presence) and drop or flag readings that fail.
+
+    A reading with no fields at all fails too ("empty"). `counters` counts failed checks by
+    reason and field ("type:temp_c", "range:temp_c", "missing:temp_c", "empty"), so the
+    source can say exactly what was dropped and why. on_fail = "flag" keeps the reading and
+    lists the failed checks in reading["invalid"].
+    """
+
+    def __init__(self, spec):
+        self.rules = []
+        for name in sorted(spec["fields"]):
+            rule = spec["fields"][name]
+            entry = (name, rule.get("type"), rule.get("min"), rule.get("max"))
+            self.rules.append(entry + (bool(rule.get("required")),))
+        self.flag = spec.get("on_fail") == "flag"
+        self.counters = {}
+
+    def process(self, reading):
+        data = reading["data"]
+        failed = None if data else [("empty", "no fields")]
+        for name, kind, low, high, required in self.rules:
+            if name not in data:
+                if required:
+                    failed = (failed or []) + [("missing:" + name, name + ": required")]
+                continue
+            problem = _value_problem(kind, low, high, data[name])
+            if problem is not None:
+                message = f"{name}: expected {problem[1]}, got {_describe(data[name])}"
+                failed = (failed or []) + [(problem[0] + ":" + name, message)]
+        if failed is None:
+            return reading
+        for reason, _message in failed:
+            self.counters[reason] = self.counters.get(reason, 0) + 1
+        if not self.flag:
+            return None
+        reading["invalid"] = [message for _reason, message in failed]
+        return reading
 
 
 class Rename:
@@ -574,6 +684,7 @@ STEP_FACTORIES = {
     "window": Window,
     "drop": Drop,
     "hash": Hash,
+    "validate": Validate,
 }
 
 STEP_OPS = sorted(STEP_FACTORIES)

@@ -6,7 +6,7 @@ from typing import Any
 
 from gateway.sinks.base import Sink, SinkError
 
-IMPLEMENTED_TYPES = ("mqtt", "udp", "websocket")
+IMPLEMENTED_TYPES = ("mqtt", "udp", "websocket", "sse", "webhook", "recorder")
 
 
 def create(name: str, options: dict[str, Any], gateway_id: str, api: Any = None) -> Sink:
@@ -24,6 +24,18 @@ def create(name: str, options: dict[str, Any], gateway_id: str, api: Any = None)
         from gateway.sinks.websocket import WebSocketSink
 
         return WebSocketSink(name, options, gateway_id, api)
+    if kind == "sse":
+        from gateway.sinks.sse import SseSink
+
+        return SseSink(name, options, gateway_id, api)
+    if kind == "webhook":
+        from gateway.sinks.webhook import WebhookSink
+
+        return WebhookSink(name, options, gateway_id)
+    if kind == "recorder":
+        from gateway.sinks.recorder import RecorderSink
+
+        return RecorderSink(name, options, gateway_id)
     raise ValueError(
         f"sinks.{name}.type: {kind!r} is not available in this version "
         f"(available: {', '.join(IMPLEMENTED_TYPES)})"

@@ -6,7 +6,7 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from gateway.core.backoff import Backoff
 from gateway.core.bounds import DEFAULT_QUEUE_SIZE
@@ -20,6 +20,33 @@ log = logging.getLogger("gateway.sinks")
 # options for this sink: {"topic": str template, "qos": int, "retain": bool,
 # "encoding": "json"|"msgpack"|"cbor", "batch": {"max_readings": int, "max_delay": float} | None}.
 Item = tuple
+
+
+def route_runs(items: list[Item], settings: Callable[[Any], Any]) -> Iterator[tuple[Any, list]]:
+    """Consecutive readings whose routes give the same `settings(route)`, in order: a batch
+    never mixes encodings or sizes, and order is kept across route overrides. Items of one
+    ingest route share its options dict, so settings are looked up once per route object."""
+    default = settings(None)
+    current: Any = None
+    last_route: Any = None
+    last_key = default
+    readings: list = []
+    for reading, route in items:
+        if not route:
+            key = default
+        elif route is last_route:
+            key = last_key
+        else:
+            key = last_key = settings(route)
+            last_route = route
+        if key != current and readings:
+            yield current, readings
+            readings = []
+        current = key
+        readings.append(reading)
+    if readings:
+        yield current, readings
+
 
 DEFAULT_SEND_TIMEOUT = 10.0
 STOP_TIMEOUT = 2.0  # how long stop() waits for the sender task to hand its batch back
@@ -80,10 +107,12 @@ class Sink:
         self.connected = False
         self.last_error: str | None = None
         self.counters = collections.Counter()
+        self.offered = 0
         self._wakeup = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self.queue: Any = MemoryQueue(self.capacity, self.overflow, notify=self._wakeup.set)
         self._stopping = False
+        self._disabled = False
         self._dropped: str | None = None
         self._retry_at = 0.0
         self._troubled = False  # failed since the last confirmed delivery
@@ -107,7 +136,7 @@ class Sink:
         False when it was not queued: dropped by the overflow policy, or refused because
         the queue is full and the policy is "block" (see `accepting`).
         """
-        self.counters["offered"] += 1
+        self.offered += 1  # a plain int: a Counter's += costs more, once per reading
         return self.queue.put((reading, route))
 
     @property
@@ -127,9 +156,11 @@ class Sink:
         return {
             "name": self.name,
             "type": self.kind,
+            "enabled": not self._disabled,
             "connected": self.connected,
             "queue_depth": self.queue.depth,
             "last_error": self.last_error,
+            "offered": self.offered,
             **self.counters,
             "breaker": {
                 "state": self.breaker.state,
@@ -175,6 +206,11 @@ class Sink:
             deadline = loop.time() + drain_seconds
             while self.queue.depth and self.connected and loop.time() < deadline:
                 await asyncio.sleep(0.01)
+        await self._end_sender()
+        await self.queue.close()
+
+    async def _end_sender(self) -> None:
+        """Close the connection, let the sender task end, and give back what it had taken."""
         self._stopping = True
         self._wakeup.set()
         self._stop_requested.set()
@@ -184,8 +220,33 @@ class Sink:
             log.debug("sink %s close: %s", self.name, error)
         self.connected = False
         await self._wait_for_sender()
+        await self._finish_taking()
         self._give_back_out()
-        await self.queue.close()
+
+    @property
+    def enabled(self) -> bool:
+        return not self._disabled
+
+    async def disable(self) -> None:
+        """Stop sending and keep buffering (PATCH /sinks/NAME): the sender closes the
+        connection and ends, what it had taken goes back to the queue, and readings offered
+        meanwhile wait in the queue as through an outage, up to its bound and policy."""
+        if self._disabled:
+            return
+        self._disabled = True
+        await self._end_sender()
+        log.info("sink %s disabled; %d readings wait in its buffer", self.name, self.queue.depth)
+
+    def enable(self) -> asyncio.Task | None:
+        """Deliver again after disable(): a new sender task (the caller keeps it), which
+        starts with the backlog; None when the sink was not disabled."""
+        if not self._disabled:
+            return None
+        self._disabled = False
+        self._stopping = False
+        self._stop_requested.clear()
+        log.info("sink %s enabled; %d readings wait in its buffer", self.name, self.queue.depth)
+        return asyncio.create_task(self.run(), name=f"sink-{self.name}")
 
     # -- for subclasses ------------------------------------------------------------------
     def connection_dropped(self, reason: str) -> None:
@@ -201,6 +262,9 @@ class Sink:
 
     async def close(self) -> None:
         """Release the connection."""
+
+    async def _finish_taking(self) -> None:
+        """A sink that takes from its queue outside its sender task waits for that here."""
 
     def _give_back_out(self) -> None:
         """At a stop, what was taken and never confirmed goes back to the queue (which keeps

@@ -7,13 +7,21 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import socket
 import ssl
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from gateway.core import compat, mqtt
-from gateway.core.mqtt_session import CONNECTED, LOST, REFUSED, MqttSession, WindowFull
+from gateway.core.mqtt_session import (
+    CONNECTED,
+    LOST,
+    MESSAGE,
+    REFUSED,
+    MqttSession,
+    WindowFull,
+)
 from gateway.core.routing import check_topic_template, render_topic
 from gateway.sinks.base import ConnectRefused, Item, Sink, SinkError
 from gateway.sinks.encoding import encoder
@@ -190,6 +198,9 @@ class _Outstanding:
         self.head = 0
 
 
+_JSON = encoder("json")  # discovery reads only topics of one JSON reading per message
+
+
 class _Settings:
     """One route's effective options: route keys first, then the sink's own."""
 
@@ -288,7 +299,10 @@ class MqttSink(Sink):
         # from them that still wait for room in the window are in _unsent.
         self._out = _Outstanding()
         self._unsent: collections.deque = collections.deque()
+        self._taking: asyncio.Future | None = None  # the take from the queue under way
+        self._take_error: BaseException | None = None
         self._qos0_written: list[Any] = []
+        self.announcer: Any = None  # discovery and device statuses: see watch_device()
 
     def _new_session(self) -> MqttSession:
         will = {}
@@ -354,6 +368,9 @@ class MqttSink(Sink):
             # First in line, but behind the resent messages: the window may be full of them.
             self._unsent.appendleft((self.status_topic, b"online", 1, True, None))
         self._publish_unsent()
+        if self.announcer is not None:
+            self.session.subscribe([(self.announcer.birth_topic, 0)], compat.ticks_ms())
+            self.announcer.connected()
         self._flush()
         self._arm_timer()
         self._reported = None
@@ -495,6 +512,10 @@ class MqttSink(Sink):
         if event.kind == LOST:
             self._connection_lost(event.reason)
             return
+        if event.kind == MESSAGE:
+            if self.announcer is not None:
+                self.announcer.message(event.topic, event.payload)
+            return
         connack = self._connack
         if event.kind in (CONNECTED, REFUSED) and connack is not None and not connack.done():
             connack.set_result(event)
@@ -563,27 +584,54 @@ class MqttSink(Sink):
         self._confirm_through()
 
     async def _deliver_until_failure(self) -> None:
-        """Keep the window full: take readings whenever it has room, until the link fails."""
+        """Keep the window full until the link fails: publish what waits, and take the next
+        readings while the window drains rather than once it is empty.
+
+        A take from a disk queue is a round trip to the buffer's writer thread, behind its
+        appends and commits (milliseconds under load); waiting for it with an empty window
+        left the sink idle most of the time. So one take is always under way while fewer
+        than max_batch messages wait (at most two batches' worth are held here).
+        """
         queue = self.queue
-        session = self.session
         while not self._stopping:
             if self._lost is not None:
                 raise SinkError(f"MQTT connection lost: {self._lost}")
+            if self._take_error is not None:
+                error, self._take_error = self._take_error, None
+                raise error
             self._publish_unsent()
             connection = self._connection
             if (
-                not self._unsent
+                self._taking is None
+                and len(self._unsent) < self.max_batch
                 and queue.ready
-                and session.can_publish()
                 and connection is not None
                 and not connection.paused
             ):
-                items = await queue.take(self.max_batch)
-                if items:
-                    self._encode(items)
-                continue
+                self._taking = asyncio.ensure_future(queue.take(self.max_batch))
+                self._taking.add_done_callback(self._took)
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def _took(self, task: asyncio.Future) -> None:
+        """A take finished: its readings join the messages waiting for the window, in order
+        (one take at a time), whether or not the link is up by now."""
+        self._taking = None
+        self._wakeup.set()
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            self._take_error = error  # the sender raises it: a failed attempt, counted
+            return
+        items = task.result()
+        if items:
+            self._encode(items)
+
+    async def _finish_taking(self) -> None:
+        """Before what is out goes back at a stop: let the take under way land first."""
+        if self._taking is not None:
+            await asyncio.wait({self._taking}, timeout=CLOSE_TIMEOUT)
 
     def _publish_unsent(self) -> None:
         unsent = self._unsent
@@ -627,6 +675,54 @@ class MqttSink(Sink):
         self._out.clear()
         if self.queue.out:
             self.queue.give_back(delivered)
+
+    # -- Home Assistant discovery and device statuses (gateway.sinks.discovery) -------------
+    def watch_device(self, device: str, model: str, data_dir: str | None) -> None:
+        """Announce this device to Home Assistant and publish its status (the app calls this
+        for devices whose preset says discovery = true)."""
+        if self.announcer is None:
+            from gateway.sinks.discovery import Announcer
+
+            state = os.path.join(data_dir, f"discovery-{self.name}.json") if data_dir else None
+            self.announcer = Announcer(
+                self.publish_raw,
+                self.gateway_id,
+                self.options.get("discovery_prefix") or "homeassistant",
+                self.status_topic,
+                state,
+                float(self.options.get("device_timeout", 60.0)),
+            )
+            self.offer = self._offer_watched  # sinks without discovery keep the plain offer
+        self.announcer.watch(device, model)
+
+    def device_link(self, device: str, up: bool) -> None:
+        if self.announcer is not None:
+            self.announcer.device_link(device, up)
+
+    def _offer_watched(self, reading: dict, route: dict) -> bool:
+        if reading.get("device") in self.announcer.devices:
+            self.announcer.seen(reading, self._state_topic(reading, route))
+        return Sink.offer(self, reading, route)
+
+    def _state_topic(self, reading: dict, route: dict) -> str | None:
+        """The topic a reading goes to, if Home Assistant can read it there (one JSON reading
+        per message), else None."""
+        settings = self._route_settings(route)
+        if settings is None or settings.max_readings != 1 or settings.encode is not _JSON:
+            return None
+        try:
+            return render_topic(settings.template, reading)
+        except (KeyError, ValueError, TypeError):  # the delivery path counts it as dropped
+            return None
+
+    async def run(self) -> None:
+        if self.announcer is not None:
+            self.announcer.start()
+        try:
+            await super().run()
+        finally:
+            if self.announcer is not None:
+                await self.announcer.stop()
 
     async def publish_raw(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False):
         """Publish one message outside the reading path (availability, discovery).

@@ -9,7 +9,7 @@ import socket
 import struct
 from typing import Any, Callable, Iterator
 
-from gateway.sinks.base import Item, Sink, SinkError
+from gateway.sinks.base import Item, Sink, SinkError, route_runs
 from gateway.sinks.encoding import encoder
 from gateway.throttled_log import ThrottledLog
 
@@ -207,7 +207,7 @@ class UdpSink(Sink):
             raise SinkError("UDP sink is not open")
         sent = datagrams = 0
         try:
-            for encoding, max_readings, readings in self._runs(items):
+            for (encoding, max_readings), readings in route_runs(items, self._settings):
                 for payload in self._payloads(readings, encoding, max_readings):
                     datagrams += 1
                     if datagrams % YIELD_EVERY == 0:
@@ -226,28 +226,6 @@ class UdpSink(Sink):
                         raise SinkError(f"no UDP target accepted a datagram: {self.last_error}")
         finally:
             self.counters["datagrams"] += sent
-
-    def _runs(self, items: list[Item]) -> Iterator[tuple[str, int, list[dict]]]:
-        """Consecutive items sharing (encoding, batch size), so order is kept across overrides."""
-        default = self._settings(None)
-        current = None
-        last_route, last_key = None, default
-        readings: list[dict] = []
-        for reading, route in items:
-            if not route:
-                key = default
-            elif route is last_route:  # items of one ingest route share its options dict
-                key = last_key
-            else:
-                key = last_key = self._settings(route)
-                last_route = route
-            if key != current and readings:
-                yield current[0], current[1], readings
-                readings = []
-            current = key
-            readings.append(reading)
-        if readings:
-            yield current[0], current[1], readings
 
     def _settings(self, route: dict | None) -> tuple[str, int]:
         if not route:

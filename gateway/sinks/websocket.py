@@ -7,8 +7,7 @@ import collections
 import logging
 from typing import Any, Iterator
 
-from websockets.asyncio.server import ServerConnection, broadcast
-from websockets.exceptions import ConnectionClosed
+from aiohttp import WSMsgType, web
 
 from gateway.api.server import ApiServer, HttpRequest, error_response
 from gateway.core.routing import TopicFilter, check_filter, render_topic
@@ -19,8 +18,28 @@ log = logging.getLogger("gateway.sinks.websocket")
 
 DEFAULT_TOPIC = "gw/{gateway}/{device}/{stream}"
 POLICIES = ("drop_oldest", "disconnect")
+
+
+def served_options(
+    kind: str, name: str, options: dict[str, Any], api: ApiServer | None, default_path: str
+) -> tuple[ApiServer, str, str, int, str]:
+    """(api, path, topic, client queue, slow-consumer policy) of a sink served on the API
+    listener to clients with topic filters (WebSocket, SSE); ValueError names the key."""
+    where = f"sinks.{name}"
+    if api is None:
+        raise ValueError(f"{where}: {kind} sink is served by the API listener; none given")
+    capacity = int(options.get("queue", 1000))
+    if capacity < 1:
+        raise ValueError(f"{where}.queue: expected at least 1, got {capacity}")
+    policy = options.get("slow_consumer", "drop_oldest")
+    if policy not in POLICIES:
+        expected = ", ".join(POLICIES)
+        raise ValueError(f"{where}.slow_consumer: expected one of {expected}, got {policy!r}")
+    topic = options.get("topic") or DEFAULT_TOPIC
+    return api, options.get("path", default_path), topic, capacity, policy
+
+
 CLOSE_TIMEOUT = 2.0  # a client that will not read its close frame is cut off after this
-BURST = 64  # frames per writer turn; bounds how far past websockets' write limit a burst goes
 
 _encode_json = encoder("json")
 
@@ -28,8 +47,11 @@ _encode_json = encoder("json")
 class _Client:
     """One connected WebSocket client: its filters, its bounded frame queue, its writer task."""
 
-    def __init__(self, connection: ServerConnection, filters: list[str] | None, capacity: int):
+    def __init__(
+        self, connection: web.WebSocketResponse, request: HttpRequest, capacity: int
+    ) -> None:
         self.connection = connection
+        filters = parse_filters(request)
         self.filters = filters
         # matches() remembers each topic it has seen, so fan-out pre-matches per client.
         self.wants = TopicFilter(filters).matches if filters else _everything
@@ -41,11 +63,10 @@ class _Client:
         self.writer: asyncio.Task | None = None
         self.sent = 0
         self.dropped = 0
-
-    @property
-    def peer(self) -> str:
-        address = self.connection.remote_address
-        return f"{address[0]}:{address[1]}" if address else "?"
+        # Kept now: once the connection closes, aiohttp no longer hands out its transport.
+        self.transport = request.native.transport if request.native else None
+        address = self.transport.get_extra_info("peername") if self.transport else None
+        self.peer = f"{address[0]}:{address[1]}" if address else "?"
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -81,20 +102,9 @@ class WebSocketSink(Sink):
 
     def __init__(self, name: str, options: dict[str, Any], gateway_id: str, api: ApiServer):
         super().__init__(name, options, gateway_id)
-        where = f"sinks.{name}"
-        if api is None:
-            raise ValueError(f"{where}: a websocket sink is served by the API listener; none given")
-        self.api = api
-        self.path = options.get("path", "/ws")
-        self.topic = options.get("topic") or DEFAULT_TOPIC
-        self.client_capacity = int(options.get("queue", 1000))
-        if self.client_capacity < 1:
-            raise ValueError(f"{where}.queue: expected at least 1, got {self.client_capacity}")
-        self.policy = options.get("slow_consumer", "drop_oldest")
-        if self.policy not in POLICIES:
-            raise ValueError(
-                f"{where}.slow_consumer: expected one of {', '.join(POLICIES)}, got {self.policy!r}"
-            )
+        self.api, self.path, self.topic, self.client_capacity, self.policy = served_options(
+            "a websocket", name, options, api, "/ws"
+        )
         self.batch = options.get("batch") or None
         self._clients: list[_Client] = []
         self._closing: set[asyncio.Task] = set()
@@ -132,9 +142,8 @@ class WebSocketSink(Sink):
                 return error_response(400, "invalid_topic_filter", str(error))
         return None
 
-    async def _serve_client(self, connection: ServerConnection) -> None:
-        request = HttpRequest("GET", connection.request.path, connection.request.headers)
-        client = _Client(connection, parse_filters(request), self.client_capacity)
+    async def _serve_client(self, connection: web.WebSocketResponse, request: HttpRequest) -> None:
+        client = _Client(connection, request, self.client_capacity)
         client.writer = asyncio.create_task(self._write(client))
         self._clients.append(client)
         self.counters["clients_connected"] += 1
@@ -143,8 +152,6 @@ class WebSocketSink(Sink):
             # Clients have nothing to say, but reading keeps pings and the close handshake going.
             async for _ in connection:
                 pass
-        except ConnectionClosed:
-            pass
         finally:
             self._forget(client)
             client.writer.cancel()
@@ -162,15 +169,12 @@ class WebSocketSink(Sink):
                     client.wakeup.clear()
                     await client.wakeup.wait()
                     continue
-                # Most frames of a burst are written without a coroutine each (websockets'
-                # broadcast); the awaited send() ending the burst is where a client that
-                # does not read makes this task, and only this task, wait.
-                burst = min(len(queue), BURST)
-                for _ in range(burst - 1):
-                    broadcast((connection,), queue.popleft(), text=True)
-                await connection.send(queue.popleft(), text=True)
-                client.sent += burst
-        except ConnectionClosed:
+                # aiohttp writes an uncompressed frame at once and waits only while the
+                # transport is paused: a client that does not read makes this task, and
+                # only this task, wait here.
+                await connection.send_frame(queue.popleft(), WSMsgType.TEXT)
+                client.sent += 1
+        except ConnectionError:  # closed under us: the client left or is being closed
             pass
 
     def _forget(self, client: _Client) -> None:
@@ -182,16 +186,19 @@ class WebSocketSink(Sink):
         self._forget(client)
         if client.writer:
             client.writer.cancel()
-        task = asyncio.ensure_future(self._close_connection(client.connection, code, reason))
+        task = asyncio.ensure_future(self._close_connection(client, code, reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     @staticmethod
-    async def _close_connection(connection: ServerConnection, code: int, reason: str) -> None:
+    async def _close_connection(client: _Client, code: int, reason: str) -> None:
         try:
-            await asyncio.wait_for(connection.close(code, reason), CLOSE_TIMEOUT)
+            await asyncio.wait_for(
+                client.connection.close(code=code, message=reason.encode()), CLOSE_TIMEOUT
+            )
         except Exception:  # timed out or failed: closing is best effort, cut the connection
-            connection.transport.abort()
+            if client.transport:
+                client.transport.abort()
 
     # -- delivery ------------------------------------------------------------------------
     async def send(self, items: list[Item]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from serial.tools import list_ports as _pyserial_ports
@@ -27,7 +28,48 @@ def port_info(info: Any) -> dict[str, Any]:
         "pid": _hex4(info.pid),
         "serial_number": info.serial_number,
         "manufacturer": info.manufacturer,
+        "by_id": by_id_path(info.device),
     }
+
+
+BY_ID_DIRECTORY = "/dev/serial/by-id"
+# Paths that name a device rather than whichever device the kernel numbered first.
+STABLE_PREFIXES = ("/dev/serial/by-id/", "/dev/serial/by-path/")
+
+
+def by_id_path(device: str) -> str | None:
+    """The /dev/serial/by-id/ link (udev: named from the USB serial number) to `device`."""
+    try:
+        names = sorted(os.listdir(BY_ID_DIRECTORY))
+    except OSError:
+        return None
+    target = os.path.realpath(device)
+    for name in names:
+        link = os.path.join(BY_ID_DIRECTORY, name)
+        if os.path.realpath(link) == target:
+            return link
+    return None
+
+
+def follow_hint(device: str, ports: list[dict[str, Any]] | None = None) -> str:
+    """How a source could follow this device across a replug: a `match` on its USB ids, or
+    its by-id path, from what the port says while present; generic when it says nothing."""
+    present = list_ports() if ports is None else ports
+    port = next((port for port in present if port["device"] == device), None)
+    ways = []
+    if port is not None and port.get("serial_number") and port.get("vid"):
+        ways.append(
+            f'match = {{ vid = "{port["vid"]}", pid = "{port["pid"]}", '
+            f'serial = "{port["serial_number"]}" }}'
+        )
+    if port is not None and port.get("by_id"):
+        ways.append(f'port = "{port["by_id"]}"')
+    if not ways:
+        ways.append('match = { serial = "…" } or a /dev/serial/by-id/ path')
+    return (
+        f"{device} names a port, not a device: after a replug the device may come back under "
+        f"another name; {' or '.join(ways)} would follow it (`host-tools ports` lists them)"
+    )
 
 
 def _hex4(number: int | None) -> str | None:

@@ -187,6 +187,9 @@ class SerialSource:
             self.counters["write_overflow"] = 0
             self._receive = self._receive_frames  # type: ignore[method-assign]
         self._list_ports = list_ports
+        # For a plain device path: how `match` or a by-id path would follow a replug.
+        self.follow_hint: str | None = None
+        self._hinted = False
         self._framer = LineFramer(self.max_line, self._reject)
         self._throttle = ThrottledLog(log)
         self._serial: aioserial.AioSerial | None = None
@@ -222,6 +225,8 @@ class SerialSource:
 
     def stats(self) -> dict[str, Any]:
         stats = {"name": self.name, "state": self.state, "device": self.device, **self.counters}
+        if self.follow_hint is not None and self.state == "waiting":
+            stats["hint"] = self.follow_hint
         paused = self.paused_seconds
         if self._paused_since is not None:  # the pause under way counts too
             paused += time.monotonic() - self._paused_since
@@ -304,9 +309,12 @@ class SerialSource:
 
     def _report_connected(self, port: str, again: bool) -> None:
         self.device = port
+        if self.follow_hint is None and self._names_a_port():
+            # Asked while the device is present: its USB ids and by-id link say the most.
+            self.follow_hint = ports.follow_hint(port, self._ports())
         if again:
             self.counters["reconnects"] += 1
-            log.warning("source %s: reconnected to %s", self.name, port)
+            log.info("source %s: reconnected to %s", self.name, port)
         else:
             log.info("source %s: reading %s at %d baud", self.name, port, self.baud)
         self._set_state("connected", {"port": port, "reconnect": again})
@@ -315,8 +323,26 @@ class SerialSource:
         log.warning(
             "source %s: device %s gone (%s); waiting for it to return", self.name, port, reason
         )
+        if self.follow_hint is not None and not self._hinted:
+            self._hinted = True  # once: the hint does not change while it waits
+            log.warning("source %s: %s", self.name, self.follow_hint)
         self.device = None
-        self._set_state("waiting", {"port": port, "reason": reason})
+        detail = {"port": port, "reason": reason}
+        if self.follow_hint is not None:
+            detail["hint"] = self.follow_hint
+        self._set_state("waiting", detail)
+
+    def _names_a_port(self) -> bool:
+        """A plain device path (/dev/ttyACM0) that a replug may give to another device."""
+        return (
+            bool(self.port) and not self.match and not self.port.startswith(ports.STABLE_PREFIXES)
+        )
+
+    def _ports(self) -> list[dict[str, Any]]:
+        try:
+            return self._list_ports() if self._list_ports else ports.list_ports()
+        except Exception:  # listing is a courtesy here; the hint then stays generic
+            return []
 
     def _set_state(self, state: str, detail: dict[str, Any]) -> None:
         self.state = state
@@ -464,6 +490,7 @@ class SerialSource:
         """
         checked = self.room is not None and not force
         room = 0
+        on_line = self.on_line
         for index in range(start, len(lines)):
             if checked and room <= 0:
                 room = self.room()
@@ -479,7 +506,7 @@ class SerialSource:
                 continue
             self.counters["lines"] += 1
             try:
-                self.on_line(text, ts)
+                on_line(text, ts)
             except Exception:  # a consumer bug must not stop the source or lose the next lines
                 self.counters["callback_errors"] += 1
                 self._throttle.warning(

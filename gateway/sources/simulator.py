@@ -252,22 +252,65 @@ def nmea_checksum(body: str) -> str:
     return f"{value:02X}"
 
 
+# What a GPS module prints once a second: GGA, GSA, GSV x 3, RMC, VTG (a u-blox or MediaTek
+# receiver's default set, without GLL). One line of the burst per index.
+NMEA_BURST = ("GGA", "GSA", "GSV", "GSV", "GSV", "RMC", "VTG")
+# Satellites in view: PRN, elevation and azimuth; the first eight are used in the fix.
+_SATELLITES = (
+    (2, 36, 309),
+    (3, 16, 92),
+    (5, 4, 285),
+    (6, 76, 255),
+    (7, 38, 144),
+    (9, 71, 44),
+    (17, 9, 203),
+    (19, 22, 220),
+    (23, 40, 51),
+    (30, 16, 173),
+    (33, 43, 190),
+)
+_SPEED_KNOTS = 4.7
+_COURSE = 56.3
+
+
 def _nmea_line(index: int) -> bytes:
-    # A GGA and an RMC sentence per fix, one fix a second, the receiver driving a circle of
-    # about a kilometre, so the position stays valid however long the simulation runs.
-    fix = index // 2
+    # One burst per fix, one fix a second, the receiver driving a circle of about a
+    # kilometre, so the position stays valid however long the simulation runs.
+    fix, slot = divmod(index, len(NMEA_BURST))
+    kind = NMEA_BURST[slot]
+    if kind == "GSV":
+        body = _gsv_body(fix, slot - NMEA_BURST.index("GSV") + 1)
+    elif kind == "GSA":
+        used = ",".join(f"{prn:02d}" for prn, _, _ in _SATELLITES[:8])
+        body = f"GPGSA,A,3,{used},,,,,1.6,0.9,1.3"
+    elif kind == "VTG":
+        kmh = _SPEED_KNOTS * 1.852
+        body = f"GPVTG,{_COURSE:.1f},T,,M,{_SPEED_KNOTS:.1f},N,{kmh:.1f},K,A"
+    else:
+        body = _fix_body(fix, kind)
+    return (f"${body}*{nmea_checksum(body)}\r\n").encode("ascii")
+
+
+def _fix_body(fix: int, kind: str) -> str:
     angle = fix * 0.002
     latitude = 48.1173 + 0.01 * math.sin(angle)
     longitude = 11.5167 + 0.015 * (1 - math.cos(angle))
     seconds = (12 * 3600 + fix) % 86400
     clock = f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}.00"
     position = f"{_nmea_angle(latitude, 2)},N,{_nmea_angle(longitude, 3)},E"
-    if index % 2 == 0:
+    if kind == "GGA":
         altitude = _drift(fix, 545.4, 1.5, 3.0)
-        body = f"GPGGA,{clock},{position},1,08,0.9,{altitude:.1f},M,46.9,M,,"
-    else:
-        body = f"GPRMC,{clock},A,{position},4.7,56.3,271125,,,A"
-    return (f"${body}*{nmea_checksum(body)}\r\n").encode("ascii")
+        return f"GPGGA,{clock},{position},1,08,0.9,{altitude:.1f},M,46.9,M,,"
+    return f"GPRMC,{clock},A,{position},{_SPEED_KNOTS},{_COURSE},271125,,,A"
+
+
+def _gsv_body(fix: int, part: int) -> str:
+    """Part `part` of 3 of the satellites-in-view group, four satellites a sentence."""
+    blocks = []
+    for prn, elevation, azimuth in _SATELLITES[(part - 1) * 4 : part * 4]:
+        snr = round(_drift(fix, 20 + elevation / 3, 3.0, prn * 0.1))
+        blocks.append(f"{prn:02d},{elevation:02d},{azimuth:03d},{snr:02d}")
+    return f"GPGSV,3,{part},{len(_SATELLITES):02d}," + ",".join(blocks)
 
 
 def _nmea_angle(degrees: float, width: int) -> str:

@@ -6,6 +6,7 @@ from gateway.core.mqtt_session import (
     CONNECTING,
     DISCONNECTED,
     LOST,
+    MESSAGE,
     REFUSED,
     MqttSession,
     SessionError,
@@ -301,6 +302,32 @@ def test_a_protocol_error_is_lost_and_discards_output():
     assert "remaining length 2" in event.reason
     assert session.data_to_send() == b""
     assert session.unacked() == [0]
+
+
+def test_subscribe_then_messages_arrive_as_events_and_qos1_ones_are_acknowledged():
+    session = _connected()
+    _send(session, 1)  # packet id 1 is in flight: the SUBSCRIBE takes another
+    session.data_to_send()
+    packet_id = session.subscribe([("ha/status", 0)], 1)
+    assert packet_id == 2
+    assert session.data_to_send() == b"\x82\x0e\x00\x02\x00\x09ha/status\x00"
+    session.receive_data(b"\x90\x03\x00\x02\x00", 2)  # SUBACK, granted QoS 0
+    assert session.state == CONNECTED and session.counters["subscribed"] == 1
+    session.receive_data(b"\x30\x11\x00\x09ha/statusonline" + _publish_qos1(9), 3)
+    events = session.events_received()
+    assert [(e.kind, e.topic, e.payload) for e in events] == [
+        (MESSAGE, "ha/status", b"online"),
+        (MESSAGE, "t/a", b"hi"),
+    ]
+    assert session.data_to_send() == _puback(9)
+    assert session.counters["received"] == 2
+
+
+def test_subscribe_needs_a_connection():
+    session = MqttSession("gw")
+    assert "subscribe() while disconnected" in _raises(
+        SessionError, session.subscribe, [("a", 0)], 0
+    )
 
 
 def test_pubrec_is_lost_because_qos2_is_not_supported():

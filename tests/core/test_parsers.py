@@ -1,6 +1,12 @@
 """parsers: each line format, its errors, and garbage that must only ever give ParseError."""
 
-from gateway.core.parsers import ParseError, make_parser, to_value, translate_named_groups
+from gateway.core.parsers import (
+    ParseError,
+    Skipped,
+    make_parser,
+    to_value,
+    translate_named_groups,
+)
 
 GGA = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"
 RMC = "$GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W*6A"
@@ -96,7 +102,9 @@ def test_garbage_only_ever_raises_parse_error():
     parsers = [
         make_parser("json"),
         make_parser("csv", fields=["a", "b", "c"]),
+        make_parser("csv", header=True, decimal=","),
         make_parser("kv"),
+        make_parser("kv", delimiter="|"),
         make_parser("nmea"),
         make_parser("regex", pattern=r"^(?P<a>[0-9]+),(?P<b>\w*)"),
     ]
@@ -105,7 +113,8 @@ def test_garbage_only_ever_raises_parse_error():
         for line in lines:
             try:
                 result = parse(line)
-            except ParseError:
+            except ParseError as error:
+                assert not error.reason.startswith("unparseable"), repr(line) + error.reason
                 continue
             assert type(result) is dict
         for raw in (b"\xff\xfe\xfd", b"\xc3", b"\x80abc"):
@@ -180,6 +189,133 @@ def test_csv_other_delimiter_and_quotes():
     assert _reason(parse, '"open;3') == "unterminated quoted CSV cell"
 
 
+def _lines(parse, lines):
+    """What each line gives: the reading, or ("skipped", reason), or ("error", reason)."""
+    results = []
+    for line in lines:
+        try:
+            results.append(parse(line))
+        except Skipped as skip:
+            assert skip.kind == "header"
+            results.append(("skipped", skip.reason))
+        except ParseError as error:
+            results.append(("error", error.reason))
+    return results
+
+
+def test_csv_any_single_character_delimiter():
+    for delimiter in (";", "\t", "|", " ", ":"):
+        parse = make_parser("csv", fields=["t", "h", "s"], delimiter=delimiter)
+        line = delimiter.join(["21.5", "40", "on"])
+        assert parse(line) == {"t": 21.5, "h": 40, "s": "on"}, repr(delimiter)
+        quoted = delimiter.join(['"a' + delimiter + 'b"', "1", '""'])
+        assert parse(quoted) == {"t": "a" + delimiter + "b", "h": 1, "s": None}, repr(delimiter)
+
+
+def test_csv_header_names_the_columns_and_is_not_a_reading():
+    parse = make_parser("csv", header=True)
+    assert _lines(parse, ["t,h,p", "21.5,40,1013", " t , h , p ", "21.6,41,1012"]) == [
+        ("skipped", "CSV header line"),
+        {"t": 21.5, "h": 40, "p": 1013},
+        ("skipped", "repeated CSV header line (the device restarted)"),
+        {"t": 21.6, "h": 41, "p": 1012},
+    ]
+
+
+def test_csv_header_cases():
+    cases = [
+        # started after the device printed its header: nothing to name the columns with
+        (
+            {"header": True},
+            ["21.5,40", "t,h", "21.5,40"],
+            [
+                ("error", "no CSV header line yet (header = true): it names the columns"),
+                ("skipped", "CSV header line"),
+                {"t": 21.5, "h": 40},
+            ],
+        ),
+        # fields name the columns before (and instead of) the header
+        (
+            {"header": True, "fields": ["temperature", "humidity"]},
+            ["21.5,40", "t,h", "21.6,41"],
+            [
+                {"temperature": 21.5, "humidity": 40},
+                ("skipped", "CSV header line"),
+                {"temperature": 21.6, "humidity": 41},
+            ],
+        ),
+        # new firmware adds a column: its header replaces the old one
+        (
+            {"header": True},
+            ["t,h", "1,2", "t,h,p", "1,2,3"],
+            [
+                ("skipped", "CSV header line"),
+                {"t": 1, "h": 2},
+                ("skipped", "new CSV header line"),
+                {"t": 1, "h": 2, "p": 3},
+            ],
+        ),
+        # a row of words as wide as the header is a reading, not a new header
+        (
+            {"header": True},
+            ["state,mode", "on,auto"],
+            [("skipped", "CSV header line"), {"state": "on", "mode": "auto"}],
+        ),
+        # quoted header cells, and a header with a number in it is data
+        (
+            {"header": True},
+            ['"t","h"', "t,2", "1,2"],
+            [("skipped", "CSV header line"), {"t": "t", "h": 2}, {"t": 1, "h": 2}],
+        ),
+        (
+            {"header": True, "fields": ["a", "b", "c"]},
+            ["t,h"],
+            [("error", "CSV header has 2 columns, fields names 3")],
+        ),
+    ]
+    for options, lines, expected in cases:
+        got = _lines(make_parser("csv", **options), lines)
+        assert got == expected, repr(lines) + ": " + repr(got)
+
+
+def test_csv_header_without_header_option_is_a_plain_row():
+    parse = make_parser("csv", fields=["t", "h"])
+    assert parse("t,h") == {"t": "t", "h": "h"}  # what the user asked for: no header
+
+
+def test_csv_header_with_decimal_comma_is_told_from_numbers_in_either_notation():
+    parse = make_parser("csv", header=True, decimal=",")
+    assert _lines(parse, ["1.5;2.5", "t;h", "21,5;40"]) == [
+        ("error", "no CSV header line yet (header = true): it names the columns"),
+        ("skipped", "CSV header line"),
+        {"t": 21.5, "h": 40},
+    ]
+
+
+def test_csv_decimal_comma():
+    parse = make_parser("csv", fields=["t", "h", "note"], decimal=",")  # delimiter is then ;
+    cases = [
+        ("21,5;40;ok", {"t": 21.5, "h": 40, "note": "ok"}),
+        ("-0,25;1,5e3;x,y", {"t": -0.25, "h": 1500.0, "note": "x,y"}),
+        ('"21,5";"40";"a;b"', {"t": 21.5, "h": 40, "note": "a;b"}),
+        # a "." is no decimal point here: 1.234 may mean 1234, so it stays text
+        ("1.234;1.234,5;", {"t": "1.234", "h": "1.234,5", "note": None}),
+    ]
+    for line, expected in cases:
+        assert parse(line) == expected, line
+    tabs = make_parser("csv", fields=["t", "h"], decimal=",", delimiter="\t")
+    assert tabs("21,5\t40") == {"t": 21.5, "h": 40}
+
+
+def test_csv_option_errors():
+    assert "needs fields" in _config_error(format="csv", header=False)
+    assert "cannot also be the delimiter" in _config_error(
+        format="csv", fields=["a"], decimal=",", delimiter=","
+    )
+    assert "decimal must be" in _config_error(format="csv", fields=["a"], decimal=";")
+    assert "must not be empty" in _config_error(format="csv", fields=["a"], delimiter="")
+
+
 # -- key=value --------------------------------------------------------------------------------
 
 
@@ -195,8 +331,84 @@ def test_kv_spaces_commas_or_both():
 
 def test_kv_token_without_equals_is_an_error():
     parse = make_parser("kv")
-    assert _reason(parse, "t=21.5 garbage h=40") == "token 'garbage' has no '='"
+    assert _reason(parse, "t=21.5 garbage h=40") == "token 'garbage' has no '=' or ':'"
     assert _reason(parse, "=5") == "token '=5' has no key before '='"
+
+
+def test_kv_arduino_serial_plotter_and_other_ways_devices_write_pairs():
+    parse = make_parser("kv")
+    expected = {"temp": 21.5, "hum": 40}
+    for line in (
+        "temp:21.5 hum:40",
+        "temp: 21.5, hum: 40",
+        "temp:21.5,hum:40",
+        "temp:21.5\thum:40",
+        "temp=21.5;hum=40",
+        "temp = 21.5 ; hum = 40",
+        "temp=21.5,\thum:40,",
+        ";temp=21.5;;hum=40;",
+    ):
+        assert parse(line) == expected, line
+
+
+def test_kv_values_holding_colons_or_equals_and_empty_values():
+    parse = make_parser("kv")
+    cases = [
+        ("time=12:30:00 t=1", {"time": "12:30:00", "t": 1}),
+        ("time: 12:30:00, t: 1", {"time": "12:30:00", "t": 1}),
+        ("mac=aa:bb:cc url=a=b", {"mac": "aa:bb:cc", "url": "a=b"}),
+        ("a= b=1", {"a": None, "b": 1}),
+        ("a:, b:2", {"a": None, "b": 2}),
+    ]
+    for line, expected in cases:
+        assert parse(line) == expected, line
+
+
+def test_kv_quoted_values():
+    parse = make_parser("kv")
+    cases = [
+        ('name="bench 1" temp=2', {"name": "bench 1", "temp": 2}),
+        ("name='bench 1', temp: 2", {"name": "bench 1", "temp": 2}),
+        ('msg="say \\"hi\\", then go" n=1', {"msg": 'say "hi", then go', "n": 1}),
+        ('id="0042" t=1', {"id": "0042", "t": 1}),  # quoted: kept as text
+        ('e="" f=1', {"e": "", "f": 1}),
+        ('url="http://a/?x=1&y=2"', {"url": "http://a/?x=1&y=2"}),
+    ]
+    for line, expected in cases:
+        assert parse(line) == expected, line
+
+
+def test_kv_ambiguous_or_bad_lines_are_errors_never_wrong_readings():
+    cases = [
+        (None, "t=1 t=2", "key 't' appears twice"),
+        (None, 'name="bench 1', "unterminated quoted value of 'name'"),
+        (None, 'name="bench"1 t=2', "text after the closing quote of 'name'"),
+        (None, "a b=1", "token 'a' has no '=' or ':'"),
+        (None, ":5", "token ':5' has no key before ':'"),
+        (
+            ",",
+            "T=21.5;H=40",
+            "ambiguous value '21.5;H=40' of 'T': it holds ';', which is not a delimiter "
+            "here, and '=' or ':' (quote the value or set delimiter)",
+        ),
+        (
+            None,
+            "a=1|b=2",
+            "ambiguous value '1|b=2' of 'a': it holds '|', which is not a "
+            "delimiter here, and '=' or ':' (quote the value or set delimiter)",
+        ),
+    ]
+    for delimiter, line, reason in cases:
+        assert _reason(make_parser("kv", delimiter=delimiter), line) == reason, line
+
+
+def test_kv_configured_delimiter_replaces_the_default_ones():
+    parse = make_parser("kv", delimiter="|")
+    assert parse("a=1|b=2 c=3") == {"a": 1, "b": 2, "c": 3}
+    assert parse("pos=1,2;3|t=4") == {"pos": "1,2;3", "t": 4}  # "," and ";" are text now
+    semicolon = make_parser("kv", delimiter=";")
+    assert semicolon("pos=1,2;t=3") == {"pos": "1,2", "t": 3}
+    assert "must not be empty" in _config_error(format="kv", delimiter="")
 
 
 # -- nmea -------------------------------------------------------------------------------------
@@ -213,6 +425,10 @@ def test_nmea_gga():
         "satellites": 8,
         "hdop": 0.9,
         "altitude": 545.4,
+        "geoid_separation": 46.9,
+        "dgps_age": None,
+        "dgps_station": None,
+        "talker": "GP",
     }
 
 
@@ -225,8 +441,13 @@ def test_nmea_rmc():
         "lat": 48.1173,
         "lon": 11.5166667,
         "speed_knots": 22.4,
+        "speed_km_h": 41.485,
         "course": 84.4,
         "date": "1994-03-23",
+        "magnetic_variation": -3.1,
+        "mode": None,
+        "nav_status": None,
+        "talker": "GP",
     }
 
 
@@ -265,11 +486,22 @@ def test_nmea_lower_case_checksum_and_trailing_cr():
     assert make_parser("nmea")(RMC[:-2] + "6a\r\n")["stream"] == "rmc"
 
 
-def test_nmea_unsupported_sentence():
+def test_nmea_unknown_and_proprietary_sentences_are_skipped_not_errors():
     parse = make_parser("nmea")
-    gsv = _nmea("GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00")
-    assert _reason(parse, gsv) == "unsupported NMEA sentence GSV"
-    assert _reason(parse, _nmea("PGRME,15.0,M,45.0,M,25.0,M")) == "unsupported NMEA sentence PGRME"
+    cases = [
+        ("GPRTE,2,1,c,0,PBRCPK,PBRTO", "RTE", "NMEA sentence RTE is not supported, skipped"),
+        ("PGRME,15.0,M,45.0,M,25.0,M", "PGRM", "proprietary NMEA sentence PGRM skipped"),
+        ("PUBX,00,103607.00,5327.03942,N", "PUBX", "proprietary NMEA sentence PUBX skipped"),
+        ("PMTK001,604,3", "PMTK", "proprietary NMEA sentence PMTK skipped"),
+    ]
+    for body, kind, reason in cases:
+        try:
+            parse(_nmea(body))
+        except Skipped as skip:
+            assert (skip.kind, skip.reason, skip.held) == (kind, reason, False), body
+            assert isinstance(skip, ParseError)  # a caller knowing only ParseError drops it
+            continue
+        raise AssertionError("expected Skipped for " + body)
 
 
 def test_nmea_malformed_sentences():
@@ -333,3 +565,33 @@ def test_regex_bad_patterns_are_config_errors():
     assert "used twice" in _config_error(format="regex", pattern="(?P<a>x)(?P<a>y)")
     assert "back-references" in _config_error(format="regex", pattern="(?P<a>x)(?P=a)")
     assert "invalid regex" in _config_error(format="regex", pattern="(?P<a>x")
+
+
+def test_kv_quick_split_agrees_with_the_scanner():
+    # common lines take a quick split; whatever it accepts, the full scanner reads the same
+    from gateway.core import parsers
+
+    alphabet = "ab=:;, \t12.x|&-"
+    state = 99
+    agreed = 0
+    for delimiters in (parsers._KV_DELIMITERS, (",",), ("|",)):
+        stray = "".join(c for c in parsers._PAIRISH if all(c not in d for d in delimiters))
+        for _ in range(1500):
+            state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+            chars = []
+            for _ in range(1 + state % 20):
+                state = (state * 1103515245 + 12345) & 0x7FFFFFFF
+                chars.append(alphabet[(state >> 8) % len(alphabet)])
+            line = "".join(chars)
+            quick = parsers._kv_simple(line, delimiters, stray)
+            if quick is None:
+                continue
+            scan = parsers._KvScan(line, delimiters, stray)
+            scanned = {}
+            while scan.next_pair():
+                key, value = scan.pair()
+                assert key not in scanned, line
+                scanned[key] = value
+            assert scanned == quick, repr(line)
+            agreed += 1
+    assert agreed > 300

@@ -3,7 +3,7 @@
 from gateway.core import pipeline as pipeline_module
 from gateway.core.pipeline import STEP_PARAMETERS, UNITS, Pipeline, check_step
 
-TYPES = ("string", "number", "integer", "duration", "list of strings", "map of strings")
+TYPES = ("string", "number", "integer", "duration", "list of strings", "map of strings", "table")
 
 
 def _reading(data, ts=0.0, device="d1", stream="env"):
@@ -142,6 +142,40 @@ def test_rules_across_parameters():
     )
 
 
+def test_validate_rules_name_the_field_and_the_key():
+    def validate(fields, on_fail=None):
+        spec = {"op": "validate", "fields": fields}
+        if on_fail is not None:
+            spec["on_fail"] = on_fail
+        return _error([spec])
+
+    assert validate({"t": {"type": "float"}}) == (
+        "steps[0].fields.t.type: expected one of number, integer, string, bool, got 'float'"
+    )
+    assert validate({"t": {"type": "number", "unit": "c"}}) == (
+        "steps[0].fields.t.unit: unknown key, expected one of type, min, max, required"
+    )
+    assert validate({"t": {"type": "string", "min": 1}}) == (
+        'steps[0].fields.t.min: needs type = "number" or "integer"'
+    )
+    assert validate({"t": {"type": "number", "min": "low"}}) == (
+        "steps[0].fields.t.min: expected a number, got 'low'"
+    )
+    assert validate({"t": {"type": "number", "min": 5, "max": 1}}) == (
+        "steps[0].fields.t.max: expected a number >= min (5), got 1"
+    )
+    assert validate({"t": {"required": "yes"}}) == (
+        "steps[0].fields.t.required: expected true or false, got 'yes'"
+    )
+    assert validate({"t": 3}) == (
+        "steps[0].fields.t: expected a table of type, min, max, required, got 3"
+    )
+    assert validate({}) == "steps[0].fields: expected a non-empty table, got a table"
+    assert validate({"t": {"type": "number"}}, on_fail="skip").startswith(
+        "steps[0].on_fail: expected one of drop, flag"
+    )
+
+
 def test_all_errors_are_reported_at_once():
     message = _error([{"op": "scale"}, {"op": "drop"}])
     assert message == "steps[0].field: required for scale; steps[1].fields: required for drop"
@@ -157,7 +191,9 @@ def test_check_step_returns_param_and_message():
 
 def test_step_parameters_table_shape():
     ops = set(STEP_PARAMETERS)
-    expected_ops = "rename scale convert filter threshold deadband downsample window drop hash"
+    expected_ops = (
+        "rename scale convert filter threshold deadband downsample window drop hash validate"
+    )
     assert ops == set(expected_ops.split())
     for op, params in STEP_PARAMETERS.items():
         for name, described in params.items():
@@ -180,6 +216,7 @@ def test_minimal_specs_build_and_each_required_parameter_is_enforced():
         "window": {"count": 2},
         "drop": {"fields": ["a"]},
         "hash": {"fields": ["a"]},
+        "validate": {"fields": {"t": {"type": "number"}}},
     }
     assert sorted(minimal) == pipeline_module.STEP_OPS
     for op, params in minimal.items():

@@ -273,3 +273,69 @@ def test_hash_is_stable_past_its_cache():
     first = [pipeline.process(_reading({"id": n}))[0]["data"]["id"] for n in range(1100)]
     again = [pipeline.process(_reading({"id": n}))[0]["data"]["id"] for n in range(1100)]
     assert first == again and len(set(first)) == 1100 and len(first[0]) == 64
+
+
+# -- validate ---------------------------------------------------------------------------------
+
+RULES = {
+    "t": {"type": "number", "min": -40, "max": 125, "required": True},
+    "n": {"type": "integer"},
+    "label": {"type": "string"},
+    "on": {"type": "bool"},
+}
+
+
+def _validated(data, on_fail=None):
+    spec = {"op": "validate", "fields": RULES}
+    if on_fail:
+        spec["on_fail"] = on_fail
+    pipeline = Pipeline([spec])
+    out = pipeline.process(_reading(data))
+    return (out[0] if out else None), pipeline.counters()
+
+
+def test_validate_keeps_readings_that_meet_every_rule():
+    data = {"t": 21.5, "n": 3, "label": "bench", "on": True, "extra": [1]}
+    reading, counters = _validated(dict(data))
+    assert reading["data"] == data and "invalid" not in reading
+    assert counters == {}
+    assert _validated({"t": -40})[0] is not None  # bounds are inclusive
+    assert _validated({"t": 125})[0] is not None
+
+
+def test_validate_drops_each_kind_of_failure_and_counts_it_by_reason_and_field():
+    cases = [
+        ({"t": "hot"}, {"type:t": 1}),
+        ({"t": {"x": 1}}, {"type:t": 1}),
+        ({"t": True}, {"type:t": 1}),  # a bool is not a measurement
+        ({"t": 21, "n": 2.5}, {"type:n": 1}),
+        ({"t": 21, "n": True}, {"type:n": 1}),
+        ({"t": 21, "label": 7}, {"type:label": 1}),
+        ({"t": 21, "on": 1}, {"type:on": 1}),
+        ({"t": 125.5}, {"range:t": 1}),
+        ({"t": -41}, {"range:t": 1}),
+        ({"h": 40}, {"missing:t": 1}),
+        ({}, {"empty": 1, "missing:t": 1}),
+        ({"t": "x", "n": "y"}, {"type:t": 1, "type:n": 1}),
+    ]
+    for data, expected in cases:
+        reading, counters = _validated(data)
+        assert reading is None, data
+        assert counters == expected, (data, counters)
+
+
+def test_validate_flag_keeps_the_reading_and_lists_the_failed_checks():
+    reading, counters = _validated({"t": "hot", "n": 1.5}, on_fail="flag")
+    assert reading["data"] == {"t": "hot", "n": 1.5}
+    assert reading["invalid"] == [
+        "n: expected an integer, got 1.5",
+        "t: expected a number, got 'hot'",
+    ]
+    assert counters == {"type:n": 1, "type:t": 1}
+
+
+def test_validate_counters_add_up_over_readings():
+    pipeline = Pipeline([{"op": "validate", "fields": {"t": {"type": "number"}}}])
+    for value in (1, "a", 2, None, "b"):
+        pipeline.process(_reading({"t": value}))
+    assert pipeline.counters() == {"type:t": 3}

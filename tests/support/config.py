@@ -17,10 +17,14 @@ def gateway_toml(
     sources: list[tuple[str, str, str]],
     buffer: str = "spill",
     sink_keys: str = "",
+    udp_port: int = 0,
 ) -> str:
     """A gateway whose sources all use one preset extending "basic" with `buffer`, routed to
     one MQTT sink at QoS 1 on 127.0.0.1:`broker_port`; `sink_keys` are more [sinks.mqtt]
-    lines (breaker, retry, buffer, queue_size, …)."""
+    lines (breaker, retry, buffer, queue_size, …). With `udp_port` the preset routes to a
+    UDP sink sending to 127.0.0.1:`udp_port` too."""
+    routes = 'routes = [{ type = "mqtt" }, { sink = "udp" }]' if udp_port else ""
+    udp = f'[sinks.udp]\ntype = "udp"\ntargets = ["127.0.0.1:{udp_port}"]' if udp_port else ""
     tables = "".join(
         f'\n[[sources]]\nname = "{name}"\nport = "{path}"\n{keys}\npreset = "{PRESET}"\n'
         for name, path, keys in sources
@@ -36,10 +40,12 @@ listen = "127.0.0.1:{api_port}"
 [presets.{PRESET}]
 extends = "basic"
 buffer = "{buffer}"
+{routes}
 
 [sinks.mqtt]
 type = "mqtt"
 url = "mqtt://127.0.0.1:{broker_port}"
 qos = 1
 {sink_keys}
+{udp}
 """
