@@ -246,6 +246,7 @@ DROPPED_LINE_REASONS = (
     "parse_errors",
     "pipeline_errors",
     "skipped",
+    "unnumbered",
 )
 
 

@@ -67,7 +67,7 @@ class Ingest:
         self._refused = False
         self._ts = self._rounded_ts = None  # lines of one chunk share their receive time
         self._has_steps = bool(self.pipeline.steps)
-        # Per-reading counts kept as plain ints (the hot path); counts() merges them.
+        # Per-reading counts kept as plain ints (the hot path); `counters` merges them.
         self._parsed = self._readings = 0
         self._skipped: dict[str, int] = {}  # lines skipped by design, by kind (GSV, header)
 
@@ -95,7 +95,7 @@ class Ingest:
         reading = {
             "gateway": self.gateway_id,
             "device": self.device,
-            "stream": self.default_stream if stream is None else str(stream),
+            "stream": str(stream or self.default_stream),
             "seq": 0,
             "ts": self._rounded_ts,
         }

@@ -214,5 +214,6 @@ def test_the_totals_count_every_dropped_line_by_reason(broker, tmp_path, gateway
         "parse_errors": 2,
         "pipeline_errors": 0,
         "skipped": 0,
+        "unnumbered": 0,
     }
     assert stats["sources"]["dev"]["invalid"] == {"type:n": 1}
