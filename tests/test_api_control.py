@@ -186,6 +186,8 @@ def test_metrics_follow_the_gateways_counters(running):
     # Every simulated reading lacks co2: flagged (still delivered) and counted by check.
     labels = {"source": "sim", "reason": "missing", "field": "co2"}
     assert metric(text, "gateway_invalid_readings_total", **labels) == readings
+    assert metric(text, "gateway_component_ok", component="sequences") == 1
+    assert metric(text, "gateway_sequence_reservation_write_failures_total") == 0
     assert metric(text, "process_resident_memory_bytes") > 10e6
     assert metric(text, "process_cpu_seconds_total") > 0
     wait_until(

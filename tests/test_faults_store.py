@@ -15,6 +15,7 @@ import socket
 
 import pytest
 
+from gateway.api.metrics import Metrics
 from gateway.app import Gateway
 from gateway.config import loads
 from gateway.core.breaker import OPEN
@@ -301,6 +302,7 @@ def test_a_read_only_data_directory_numbers_nothing_until_writable_then_runs_fro
             async with RunningGateway(text, data_dir) as running:
                 ingest, sink = running.ingest, running.sink()
                 health = running.gateway.health()
+                scraped = Metrics(running.gateway).render().decode()
                 paused = ingest.room()
                 running.feed(30)  # a line source would not even read them now
                 refused = (ingest.counters["unnumbered"], await ingest.settle())
@@ -311,12 +313,13 @@ def test_a_read_only_data_directory_numbers_nothing_until_writable_then_runs_fro
                 await eventually(lambda: sink.counters["delivered"] == 30, 20, "delivery")
                 stats = sink.stats()["buffer"]
                 after = running.gateway.health()
+                scraped_after = Metrics(running.gateway).render().decode()
         finally:
             await far.close()
-        return health, paused, refused, safe, stats, after
+        return health, paused, refused, safe, stats, after, (scraped, scraped_after)
 
     with tmpfs(data_dir, "1m", readonly=True):
-        health, paused, refused, safe, stats, after = asyncio.run(scenario())
+        health, paused, refused, safe, stats, after, scrapes = asyncio.run(scenario())
     try:
         assert subscriber.wait_for(lambda m: len(m) >= 30, 20)
     finally:
@@ -330,6 +333,12 @@ def test_a_read_only_data_directory_numbers_nothing_until_writable_then_runs_fro
     assert stats["policy"] == "write_ahead" and stats["memory_fallback"] == 30
     assert after["status"] == "degraded" and after["components"]["sequences"] == "ok"
     assert [reading["seq"] for reading in received(subscriber)] == list(range(30))
+    # Metrics say the same: both failing while read-only, the reservation ok again after.
+    during, later = scrapes
+    for component in ("store", "sequences"):
+        assert f'gateway_component_ok{{component="{component}"}} 0.0' in during
+    assert 'gateway_component_ok{component="sequences"} 1.0' in later
+    assert 'gateway_component_ok{component="store"} 0.0' in later  # runs from memory
 
 
 # -- a hanging broker behind a write-ahead buffer ---------------------------------------------

@@ -30,6 +30,26 @@ class GatewayCollector:
         stats = self.gateway.stats()
         yield from _source_metrics(stats["sources"])
         yield from _sink_metrics(stats["sinks"])
+        yield from _state_metrics(self.gateway.health()["components"], stats["sequences"])
+
+
+def _state_metrics(components: dict[str, str], sequences: dict[str, Any]) -> Iterator[Metric]:
+    """Whether the disk store and the sequence reservation work: 1 ok, 0 failed (a full
+    disk shows here first); the store is absent when no sink uses the disk."""
+    healthy = GaugeMetricFamily(
+        "gateway_component_ok",
+        "1 while the component works, 0 while it fails (the reason is in /health)",
+        labels=["component"],
+    )
+    for component in ("store", "sequences"):
+        if component in components:
+            healthy.add_metric([component], 1 if components[component] == "ok" else 0)
+    failures = CounterMetricFamily(
+        "gateway_sequence_reservation_write_failures",
+        "Writes of the sequence reservation file that failed",
+    )
+    failures.add_metric([], sequences.get("write_failures", 0))
+    return healthy, failures
 
 
 def _source_metrics(sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
