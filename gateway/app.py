@@ -10,6 +10,7 @@ from typing import Any
 from gateway import sinks as sink_registry
 from gateway.api.server import ApiServer
 from gateway.config import presets
+from gateway.core.breaker import OPEN
 from gateway.ingest import Ingest, resolve_routes
 from gateway.sinks.base import Sink
 from gateway.sources.cobs_link import CobsHandler, CobsLink
@@ -144,8 +145,9 @@ class Gateway:
             sources[source.name] = {**source.stats(), **ingest.counters}
         sinks = {name: sink.stats() for name, sink in self.sinks.items()}
         totals = {
-            "readings": sum(ingest.counters["readings"] for ingest in self.ingests),
-            "parse_errors": sum(ingest.counters["parse_errors"] for ingest in self.ingests),
+            # From the sources' counters above: one snapshot of each ingest's counts.
+            "readings": sum(counters.get("readings", 0) for counters in sources.values()),
+            "parse_errors": sum(counters.get("parse_errors", 0) for counters in sources.values()),
             "dropped_lines": _dropped_lines(sources.values()),
             "delivered": {name: sink.counters["delivered"] for name, sink in self.sinks.items()},
         }
@@ -170,7 +172,7 @@ class Gateway:
             key = f"source:{source.name}"
             components[key] = source.state
             if source.state != "connected" and source.state != "stopped":
-                reasons[key] = source.stats().get("hint") or "waiting for its device"
+                reasons[key] = source.follow_hint or "waiting for its device"
         for name, sink in self.sinks.items():
             key = f"sink:{name}"
             components[key], reason = _sink_health(sink)
@@ -212,19 +214,15 @@ def _sink_health(sink: Sink) -> tuple[str, str | None]:
     """(state, reason when it needs a look) of one sink for health()."""
     if not sink.enabled:
         return "disabled", None  # asked for (PATCH /sinks): not a fault
-    stats = sink.stats()
-    breaker = stats["breaker"]["state"]
-    state = "connected" if sink.connected else "disconnected"
-    if breaker == "open":
-        state = "breaker open"
-        retry = stats["breaker"]["next_probe_in"]
-        return (
-            state,
-            f"breaker open after repeated failures ({sink.last_error}); next try in {retry:g} s",
+    if sink.breaker.state == OPEN:
+        retry = round(sink.breaker.remaining(), 3)
+        reason = (
+            f"breaker open after repeated failures ({sink.last_error}); next try in {retry:g} s"
         )
+        return "breaker open", reason
     if not sink.connected:
-        return state, f"disconnected ({sink.last_error or 'not connected yet'})"
-    return state, _buffer_reason(sink, stats["buffer"])
+        return "disconnected", f"disconnected ({sink.last_error or 'not connected yet'})"
+    return "connected", _buffer_reason(sink, sink.queue.stats())
 
 
 def _buffer_reason(sink: Sink, buffer: dict[str, Any]) -> str | None:

@@ -108,33 +108,33 @@ class Demo:
         message after it acknowledged it), so the summary compares like with like."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and any(
-            received < expected for received, expected in self._expected(stats)
+            self.counts[kind] < delivered - early
+            for _name, kind, delivered, early in self._rows(stats)
         ):
             await asyncio.sleep(0.02)
 
-    def _expected(self, stats: dict[str, Any]) -> list[tuple[int, int]]:
-        pairs = []
-        for name, sink in stats["sinks"].items():
-            if sink["type"] in self.counts:
-                delivered = stats["totals"]["delivered"].get(name, 0)
-                early = sink.get("delivered_to_nobody", 0)
-                pairs.append((self.counts[sink["type"]], delivered - early))
-        return pairs
+    def _rows(self, stats: dict[str, Any]) -> list[tuple[str, str, int, int]]:
+        """(sink, kind, delivered, delivered before the receiver was there) per sink that a
+        receiver of the demo's counts; WebSocket readings sent to no client are the latter."""
+        return [
+            (
+                name,
+                sink["type"],
+                stats["totals"]["delivered"].get(name, 0),
+                sink.get("delivered_to_nobody", 0),
+            )
+            for name, sink in stats["sinks"].items()
+            if sink["type"] in self.counts
+        ]
 
     def summary(self, stats: dict[str, Any]) -> str:
         """Per output: what the gateway counted as delivered, and what its receiver got."""
         lines = ["what arrived:"]
-        for name, sink in stats["sinks"].items():
-            received = self.counts.get(sink["type"])
-            if received is None:
-                continue
-            delivered = stats["totals"]["delivered"].get(name, 0)
-            # Before the demo's WebSocket client connected, readings went to no one.
-            early = sink.get("delivered_to_nobody", 0)
+        for name, kind, delivered, early in self._rows(stats):
             before = f" ({early} before its client connected)" if early else ""
             lines.append(
-                f"  {sink['type']:9} sink {name}: {delivered} delivered{before}, "
-                f"{received} received by the demo's {self._receiver(sink['type'])}"
+                f"  {kind:9} sink {name}: {delivered} delivered{before}, "
+                f"{self.counts[kind]} received by the demo's {self._receiver(kind)}"
             )
         return "\n".join(lines)
 
@@ -177,9 +177,7 @@ class Demo:
         self._tasks.append(asyncio.create_task(self._subscribe(host, port, topic)))
 
     async def _start_broker(self) -> int | None:
-        binary = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if shutil.which("/usr/sbin/mosquitto") else None
-        )
+        binary = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
         if binary is None:
             return None
         port = _free_port()

@@ -306,6 +306,25 @@ def test_unplug_and_replug_at_the_same_link_reconnects_by_itself(tmp_path, caplo
     assert caplog.text.count("gone") == 1  # one line per outage, not one per retry
 
 
+async def unplugged_once(where: Callable[[str], dict], listed: dict[str, Any]):
+    """A source on a pty (`where(path)`: its port or match), the port listing saying
+    `listed` of it, connected then unplugged: (collector, stats while waiting)."""
+    with VirtualSerialDevice() as device:
+        collector = Collector()
+        config = {"name": "bench-1", "reconnect_interval": 0.05, **where(device.path)}
+        listing = [{"device": device.path, **listed}]
+        source = SerialSource(
+            config, collector.on_line, collector.on_event, list_ports=lambda: listing
+        )
+        source.start()
+        await collector.wait_state("connected")
+        device.unplug()
+        await collector.wait_state("waiting")
+        stats = source.stats()
+        await source.stop()
+        return collector, stats
+
+
 @pytest.mark.parametrize(
     ("listed", "expected"),
     [
@@ -322,24 +341,8 @@ def test_a_plain_device_path_that_goes_away_says_how_to_follow_the_device(caplog
     once, how `match` or a by-id path would follow the device (from what the port listing
     said while it was there; ptys have no USB ids, so the listing stands in for udev)."""
 
-    async def scenario():
-        with VirtualSerialDevice() as device:
-            collector = Collector()
-            config = {"name": "bench-1", "port": device.path, "reconnect_interval": 0.05}
-            listing = [{"device": device.path, **listed}]
-            source = SerialSource(
-                config, collector.on_line, collector.on_event, list_ports=lambda: listing
-            )
-            source.start()
-            await collector.wait_state("connected")
-            device.unplug()
-            await collector.wait_state("waiting")
-            stats = source.stats()
-            await source.stop()
-            return collector, stats
-
     with caplog.at_level(logging.INFO, logger="gateway.sources"):
-        collector, stats = run(scenario())
+        collector, stats = run(unplugged_once(lambda path: {"port": path}, listed))
     hint = collector.events[1][1]["hint"]
     assert expected in hint and "names a port, not a device" in hint
     assert stats["hint"] == hint
@@ -347,23 +350,8 @@ def test_a_plain_device_path_that_goes_away_says_how_to_follow_the_device(caplog
 
 
 def test_a_source_that_follows_the_device_gets_no_hint():
-    async def scenario():
-        with VirtualSerialDevice() as device:
-            collector = Collector()
-            listing = [{"device": device.path, "vid": "2e8a", "pid": "0005",
-                        "serial_number": "E661", "by_id": BY_ID}]  # fmt: skip
-            config = {"name": "bench-1", "match": {"serial": "E661"}, "reconnect_interval": 0.05}
-            source = SerialSource(
-                config, collector.on_line, collector.on_event, list_ports=lambda: listing
-            )
-            source.start()
-            await collector.wait_state("connected")
-            device.unplug()
-            await collector.wait_state("waiting")
-            await source.stop()
-            return collector
-
-    collector = run(scenario())
+    listed = {"vid": "2e8a", "pid": "0005", "serial_number": "E661", "by_id": BY_ID}
+    collector, _stats = run(unplugged_once(lambda _path: {"match": {"serial": "E661"}}, listed))
     assert "hint" not in collector.events[1][1]
     # Paths udev makes from the device itself follow it too; a kernel name does not.
     for path, plain in ((BY_ID, False), ("/dev/serial/by-path/pci-0:1.2", False),

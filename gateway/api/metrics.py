@@ -30,10 +30,10 @@ class GatewayCollector:
         stats = self.gateway.stats()
         yield from _source_metrics(stats["sources"])
         yield from _sink_metrics(stats["sinks"])
-        yield from _state_metrics(self.gateway.health()["components"], stats["sequences"])
+        yield from _state_metrics(stats["store"], stats["sequences"])
 
 
-def _state_metrics(components: dict[str, str], sequences: dict[str, Any]) -> Iterator[Metric]:
+def _state_metrics(store: dict[str, Any], sequences: dict[str, Any]) -> Iterator[Metric]:
     """Whether the disk store and the sequence reservation work: 1 ok, 0 failed (a full
     disk shows here first); the store is absent when no sink uses the disk."""
     healthy = GaugeMetricFamily(
@@ -41,9 +41,10 @@ def _state_metrics(components: dict[str, str], sequences: dict[str, Any]) -> Ite
         "1 while the component works, 0 while it fails (the reason is in /health)",
         labels=["component"],
     )
-    for component in ("store", "sequences"):
-        if component in components:
-            healthy.add_metric([component], 1 if components[component] == "ok" else 0)
+    states = {"store": store["state"], "sequences": sequences["state"]}
+    for component, state in states.items():
+        if state != "unused":
+            healthy.add_metric([component], 1 if state == "ok" else 0)
     failures = CounterMetricFamily(
         "gateway_sequence_reservation_write_failures",
         "Writes of the sequence reservation file that failed",

@@ -14,7 +14,7 @@ from gateway.api.server import ApiServer, HttpRequest, error_response
 from gateway.core.routing import TopicFilter, check_filter, render_topic
 from gateway.sinks.base import Item, Sink
 from gateway.sinks.encoding import encoder
-from gateway.sinks.websocket import parse_filters, served_options
+from gateway.sinks.websocket import client_transport, parse_filters, served_options
 
 log = logging.getLogger("gateway.sinks.sse")
 
@@ -80,9 +80,7 @@ class _SseClient:
         self.closing = False
         self.done = False  # its handler returned
         self.wakeup = asyncio.Event()
-        self.transport = request.native.transport if request.native else None
-        address = self.transport.get_extra_info("peername") if self.transport else None
-        self.peer = f"{address[0]}:{address[1]}" if address else "?"
+        self.transport, self.peer = client_transport(request)
 
     def stats(self) -> dict[str, Any]:
         return {

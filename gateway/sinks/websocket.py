@@ -20,6 +20,14 @@ DEFAULT_TOPIC = "gw/{gateway}/{device}/{stream}"
 POLICIES = ("drop_oldest", "disconnect")
 
 
+def client_transport(request: HttpRequest) -> tuple[Any, str]:
+    """A client's transport, kept at connect (once the connection closes aiohttp no longer
+    hands it out), and its address as host:port for logs and stats."""
+    transport = request.native.transport if request.native else None
+    address = transport.get_extra_info("peername") if transport else None
+    return transport, f"{address[0]}:{address[1]}" if address else "?"
+
+
 def served_options(
     kind: str, name: str, options: dict[str, Any], api: ApiServer | None, default_path: str
 ) -> tuple[ApiServer, str, str, int, str]:
@@ -63,10 +71,7 @@ class _Client:
         self.writer: asyncio.Task | None = None
         self.sent = 0
         self.dropped = 0
-        # Kept now: once the connection closes, aiohttp no longer hands out its transport.
-        self.transport = request.native.transport if request.native else None
-        address = self.transport.get_extra_info("peername") if self.transport else None
-        self.peer = f"{address[0]}:{address[1]}" if address else "?"
+        self.transport, self.peer = client_transport(request)
 
     def stats(self) -> dict[str, Any]:
         return {
