@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check, presets, buffer, token, replay, demo.
+"""The `gateway` command: run, check, presets, buffer, token, replay, demo, install-service.
 
 Exit codes: 0 success; 1 runtime failure; 2 invalid configuration or usage; 3 a question
 answered "no" (`gateway buffer purge`), nothing changed.
@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from typing import Any
 
-from gateway import __version__
+from gateway import __version__, systemd
 from gateway.config import ConfigError, check_file, load, loads, presets
 
 EXIT_OK = 0
@@ -46,10 +46,12 @@ class JsonLogFormatter(logging.Formatter):
 
 
 def setup_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # Under systemd, text logs go to journald with fields of their own (gateway.systemd).
+    journal = systemd.journal_handler() if log_format == "text" else None
+    handler = journal or logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonLogFormatter())
-    else:
+    elif journal is None:
         handler.setFormatter(
             logging.Formatter(
                 "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_buffer_parser(commands)
     _add_token_parser(commands)
     _add_replay_parser(commands)
+    _add_install_parser(commands)
 
     demo = commands.add_parser(
         "demo", help="simulated devices on ptys through the real serial path"
@@ -111,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "token": command_token,
         "demo": command_demo,
         "replay": command_replay,
+        "install-service": command_install_service,
     }
     try:
         return handlers[arguments.command](arguments)
@@ -219,7 +223,7 @@ def command_run(arguments: argparse.Namespace) -> int:
             hint = f"`gateway check -c {arguments.config}` lists every problem"
         print(f"hint: {hint}", file=sys.stderr)
         return EXIT_INVALID
-    return run_gateway(config)
+    return run_gateway(config, config_path=arguments.config)
 
 
 def demo_config(arguments: argparse.Namespace) -> dict[str, Any]:
@@ -247,10 +251,15 @@ def command_demo(arguments: argparse.Namespace) -> int:
 
 
 def run_gateway(
-    config: dict[str, Any], seconds: float = 0, report_every: float = 0, demo: Any = None
+    config: dict[str, Any],
+    seconds: float = 0,
+    report_every: float = 0,
+    demo: Any = None,
+    config_path: str | None = None,
 ) -> int:
+    """`config_path`: the file it came from, read again at SIGHUP and POST /config/reload."""
     try:
-        return asyncio.run(_run(config, seconds, report_every, demo))
+        return asyncio.run(_run(config, seconds, report_every, demo, config_path))
     except OSError as error:
         log.error("cannot start: %s", error)
         return EXIT_RUNTIME
@@ -266,7 +275,11 @@ def _tune_garbage_collector() -> None:
 
 
 async def _run(
-    config: dict[str, Any], seconds: float, report_every: float, demo: Any = None
+    config: dict[str, Any],
+    seconds: float,
+    report_every: float,
+    demo: Any = None,
+    config_path: str | None = None,
 ) -> int:
     """Run a gateway until a signal (or `seconds`); `demo` (gateway.demo.Demo) brings its
     own receivers up first, rewriting the config to reach them, and reports what arrived."""
@@ -276,21 +289,25 @@ async def _run(
         for command in demo.commands:
             print(f"  {command}")
     try:
-        return await _run_until_stopped(config, seconds, report_every, demo)
+        return await _run_until_stopped(config, seconds, report_every, demo, config_path)
     finally:
         if demo is not None:
             await demo.stop()
 
 
 async def _run_until_stopped(
-    config: dict[str, Any], seconds: float, report_every: float, demo: Any
+    config: dict[str, Any],
+    seconds: float,
+    report_every: float,
+    demo: Any,
+    config_path: str | None = None,
 ) -> int:
     from gateway.api.control import ControlPlane
     from gateway.app import Gateway
-    from gateway.store.buffer import StoreLocked
+    from gateway.store.buffer import StoreIncompatible, StoreLocked
 
     try:
-        gateway = Gateway(config)
+        gateway = Gateway(config, config_path)
         ControlPlane(gateway).install()
     except ValueError as error:
         print(error, file=sys.stderr)
@@ -298,11 +315,17 @@ async def _run_until_stopped(
     except StoreLocked as error:
         print(f"{error}; stop it, or give this gateway its own gateway.data_dir", file=sys.stderr)
         return EXIT_RUNTIME
+    except StoreIncompatible as error:
+        print(error, file=sys.stderr)
+        return EXIT_RUNTIME
     _tune_garbage_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(number, stop.set)
+    reloads: set[asyncio.Task] = set()
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_on_signal, gateway, reloads)
     helpers = []
     if seconds:
         helpers.append(loop.call_later(seconds, stop.set))
@@ -317,6 +340,73 @@ async def _run_until_stopped(
     if demo is not None:
         await demo.caught_up(stats)
         print(demo.summary(stats))
+    return EXIT_OK
+
+
+def _reload_on_signal(gateway: Any, running: set[asyncio.Task]) -> None:
+    """SIGHUP: the config file again, applied whole or refused whole (the log says which)."""
+    task = asyncio.get_running_loop().create_task(_reload(gateway))
+    running.add(task)  # kept until done: a task nobody holds may vanish mid-way
+    task.add_done_callback(running.discard)
+
+
+async def _reload(gateway: Any) -> None:
+    try:
+        await gateway.reload_file()
+    except (ConfigError, ValueError) as error:
+        problems = error.errors if isinstance(error, ConfigError) else [str(error)]
+        log.error("config reload refused, nothing changed: %s", "; ".join(problems))
+
+
+# -- gateway install-service ------------------------------------------------------------------
+
+SERVICE_PATH = "/etc/systemd/system/gateway.service"
+
+
+def _add_install_parser(commands: Any) -> None:
+    install = commands.add_parser(
+        "install-service",
+        help="write a systemd unit running this gateway (Type=notify, watchdog, hardening)",
+        description="Exit codes: 0 written; 1 the unit or data directory cannot be written; "
+        "2 invalid config or unknown user.",
+    )
+    install.add_argument("-c", "--config", default="gateway.toml")
+    install.add_argument("--user", help="the user it runs as (default: the invoking user)")
+    install.add_argument("--output", default=SERVICE_PATH, help=f"default {SERVICE_PATH}")
+
+
+def command_install_service(arguments: argparse.Namespace) -> int:
+    import getpass
+    import pwd
+
+    config_path = os.path.abspath(arguments.config)
+    errors = check_file(config_path)
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return EXIT_INVALID
+    user = arguments.user or os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        print(f"--user: no user named {user!r} on this machine", file=sys.stderr)
+        return EXIT_INVALID
+    data_dir = os.path.join(os.path.dirname(config_path), load(config_path)["gateway"]["data_dir"])
+    command = [sys.executable, "-m", "gateway", "run", "-c", config_path]
+    text = systemd.unit_file(command, config_path, os.path.normpath(data_dir), user)
+    try:
+        # ProtectSystem=strict makes only the data directory writable: it must exist.
+        os.makedirs(data_dir, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(data_dir, account.pw_uid, account.pw_gid)
+        with open(arguments.output, "w") as unit:
+            unit.write(text)
+    except OSError as error:
+        print(f"cannot write the service: {error} (as root: sudo gateway …)", file=sys.stderr)
+        return EXIT_RUNTIME
+    name = os.path.basename(arguments.output)
+    print(f"wrote {arguments.output}; start it with:")
+    print(f"  systemctl daemon-reload && systemctl enable --now {name}")
+    print(f"  journalctl -u {name} -f    # its log; systemctl status {name}: its counters")
     return EXIT_OK
 
 
@@ -403,8 +493,8 @@ def _add_token_parser(commands: Any) -> None:
 
 def command_token(arguments: argparse.Namespace) -> int:
     from gateway.api.security import new_token
-    from gateway.config.schema import Invalid
-    from gateway.config.schema import name as valid_name
+    from gateway.config.checks import name as valid_name
+    from gateway.config.report import Invalid
 
     try:
         valid_name(arguments.name)

@@ -64,7 +64,8 @@ class Demo:
     start() rewrites the config: the UDP sink sends to the demo's own listener; the MQTT
     sink keeps its broker when one answers there, else the demo starts Mosquitto on a free
     port (when it is installed) and uses that. A subscriber counts the MQTT readings, a
-    WebSocket client those of /ws.
+    WebSocket client those of /ws. `commands` says how to watch each output, and where the
+    dashboard is.
     """
 
     def __init__(self) -> None:
@@ -83,6 +84,8 @@ class Demo:
             if sink["type"] == "mqtt":
                 await self._use_broker(sink, gateway_id)
         listen = config["api"]["listen"]
+        # The listener serves the dashboard (gateway.api.dashboard) at / of the same address.
+        self.commands.append(f"the dashboard: http://{listen}/")
         if any(sink["type"] == "websocket" for sink in config["sinks"].values()):
             self._tasks.append(asyncio.create_task(self._watch_websocket(f"ws://{listen}/ws")))
             self.commands.append(f"{sys.executable} -m websockets ws://{listen}/ws")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
-from gateway.config.schema import ROUTE_KEYS
+from gateway.config.presets_schema import ROUTE_KEYS
 from gateway.core.parsers import ParseError, Skipped, make_parser
-from gateway.core.pipeline import Pipeline
+from gateway.core.pipeline import Pipeline, declared_types
 from gateway.sinks.base import Sink
 from gateway.store.queues import UNBOUNDED
 from gateway.store.sequences import SequenceStore, SequenceUnavailable
@@ -55,21 +55,32 @@ class Ingest:
             sentences=source.get("sentences"),
             header=source.get("header") or False,
             decimal=source.get("decimal") or ".",
+            # A validate step the preset starts with says how csv/kv/regex fields convert.
+            types=declared_types(preset.get("steps")),
         )
         self.pipeline = Pipeline(preset.get("steps", []))
         self.keep_device_time = preset.get("device_time", True)
-        self.routes = routes
         self.sequences = sequences
         self._counters: Counter = Counter()
         self._problems = ThrottledLog(log)
-        # Each routed sink once, for settle(); a refusal by a "block" sink since the last one.
-        self._sinks = list({id(sink): sink for sink, _route in routes}.values())
-        self._refused = False
+        self.set_routes(routes)
+        self._refused = False  # a refusal by a "block" sink since the last settle()
+        # Set by the app while the kernel says the system clock is not synchronised: the
+        # readings' "ts" may be off (a Pi boots with the time it shut down at), and say so.
+        self.unsynced = False
+        # Called with every numbered reading after the configured routes (the sessions).
+        self.tap: Callable[[dict[str, Any]], None] | None = None
         self._ts = self._rounded_ts = None  # lines of one chunk share their receive time
         self._has_steps = bool(self.pipeline.steps)
         # Per-reading counts kept as plain ints (the hot path); `counters` merges them.
         self._parsed = self._readings = 0
         self._skipped: dict[str, int] = {}  # lines skipped by design, by kind (GSV, header)
+
+    def set_routes(self, routes: list[tuple[Sink, dict]]) -> None:
+        """Route to these sinks from the next reading on (sinks added, removed or rebuilt
+        at runtime); each routed sink once in `_sinks`, for settle() and room()."""
+        self.routes = routes
+        self._sinks = list({id(sink): sink for sink, _route in routes}.values())
 
     def on_line(self, text: str, ts: float) -> None:
         """A line from a line-framed source: parse it, then on as on_data does.
@@ -201,11 +212,15 @@ class Ingest:
         except SequenceUnavailable as error:  # never a number that is not durably reserved
             self._unnumbered(error)
             return
+        if self.unsynced:
+            reading["unsynced"] = True
         self._readings += 1
         for sink, route in self.routes:
             if not sink.offer(reading, route) and sink.overflow == "block":
                 self._counters["refused"] += 1
                 self._refused = True
+        if self.tap is not None:
+            self.tap(reading)
 
     def _unnumbered(self, error: SequenceUnavailable) -> None:
         """A reading no number is reserved for (room() said 0 too late): dropped and counted,

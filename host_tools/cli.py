@@ -1,63 +1,26 @@
-"""The `host-tools` command: list serial ports and simulate sensor nodes.
+"""The `host-tools` command: ports, flash, provision, simulate, monitor, send, conformance.
 
-flash, provision, monitor and conformance join as further subcommands (one module each,
-registered in COMMANDS). Exit codes: 0 success; 1 failure; 2 usage.
+Each subcommand lives in a module of its own and is registered in COMMANDS.
+Exit codes: 0 success; 1 failure; 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Callable
 
 from gateway import __version__
 from host_tools import simulate
+from host_tools.conformance import add_conformance
+from host_tools.flash import add_flash
+from host_tools.monitor import add_monitor, add_send
+from host_tools.ports import add_ports, format_ports
+from host_tools.provision import add_provision
+from host_tools.udev import add_udev_rule
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-
-
-def ports_command(args: argparse.Namespace) -> int:
-    """Print the serial ports present with their USB ids, as a table or JSON."""
-    from gateway.sources.ports import list_ports
-
-    found = list_ports()
-    if args.json:
-        print(json.dumps(found, indent=2))
-        return EXIT_OK
-    if not found:
-        print("no serial ports found", file=sys.stderr)
-        print("hint: is the board plugged in, and are you in the dialout group?", file=sys.stderr)
-        return EXIT_OK
-    print(format_ports(found))
-    return EXIT_OK
-
-
-def format_ports(found: list[dict[str, Any]]) -> str:
-    """One aligned line per port: device, vid:pid, serial number, description; under it the
-    port's /dev/serial/by-id/ path when udev made one (it follows the device on a replug)."""
-    rows = [("DEVICE", "VID:PID", "SERIAL", "DESCRIPTION")]
-    for port in found:
-        ids = f"{port['vid']}:{port['pid']}" if port.get("vid") else "-"
-        rows.append(
-            (port["device"], ids, port.get("serial_number") or "-", port.get("description") or "-")
-        )
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [cell.ljust(width) for cell, width in zip(row[:3], widths)]
-        lines.append("  ".join([*cells, row[3]]).rstrip())
-        by_id = found[index - 1].get("by_id") if index else None
-        if by_id:
-            lines.append(f"  by-id: {by_id}")
-    return "\n".join(lines)
-
-
-def _add_ports(commands: Any) -> None:
-    parser = commands.add_parser("ports", help="list serial ports with USB vid/pid/serial")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(run=ports_command)
 
 
 def _add_simulate(commands: Any) -> None:
@@ -72,7 +35,17 @@ def _add_simulate(commands: Any) -> None:
     parser.set_defaults(run=simulate.command)
 
 
-COMMANDS: list[Callable[[Any], None]] = [_add_ports, _add_simulate]
+COMMANDS: list[Callable[[Any], None]] = [
+    add_ports,
+    add_flash,
+    add_provision,
+    _add_simulate,
+    add_monitor,
+    add_send,
+    add_udev_rule,
+    add_conformance,
+]
+__all__ = ["COMMANDS", "build_parser", "format_ports", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

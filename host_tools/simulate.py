@@ -1,4 +1,5 @@
-"""`host-tools simulate`: sensor-node firmware processes, each on its own pty, until Ctrl-C."""
+"""`host-tools simulate`: sensor-node firmware processes, each on its own pty, until Ctrl-C;
+with --gateway-node, the gateway-node firmware for a gateway.toml (see gateway_node.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.sources.simulator import VirtualSerialDevice
+from host_tools import resources
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_DIR = REPO_ROOT / "firmware" / "sensor_node"
+# Package data (a wheel has no source tree): the folder holding `gateway`, and the firmware.
+REPO_ROOT = resources.import_root()
+FIRMWARE_DIR = resources.firmware_dir("sensor_node")
 RUNTIMES = ("micropython", "cpython")
 MAX_RATE = 1000.0  # the firmware's limit per stream
 STOP_TIMEOUT = 5.0  # seconds a node gets to exit after SIGINT before it is killed
+GATEWAY_NODE_HEAP = "192k"  # the stated budget of the gateway node (firmware/gateway_node)
 
 
 # Popen's process_group is Python 3.11+; setpgid in the child does the same before.
@@ -248,9 +252,34 @@ def add_arguments(parser: Any) -> None:
         action="store_true",
         help="run the firmware under the MicroPython unix port (default: CPython)",
     )
+    parser.add_argument(
+        "--gateway-node",
+        action="store_true",
+        help="run firmware/gateway_node under the MicroPython unix port for the config given "
+        "with -c, its sources' `port` paths as the UARTs, compiled as provisioning does",
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="gateway.toml for --gateway-node",
+    )
+    parser.add_argument(
+        "--heap",
+        default=GATEWAY_NODE_HEAP,
+        metavar="SIZE",
+        help=f"--gateway-node: MicroPython heap size (default {GATEWAY_NODE_HEAP})",
+    )
 
 
 def command(args: Any) -> int:
+    if args.gateway_node:
+        from host_tools import gateway_node  # it builds on this module
+
+        return gateway_node.command(args)
+    if args.config:
+        print("host-tools simulate: -c/--config is for --gateway-node", file=sys.stderr)
+        return 2
     runtime = "micropython" if args.micropython else "cpython"
     try:
         return run(args.count, args.rate, args.device_prefix, runtime)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import positive_data_acceptance
 
 from gateway.api.control import PREFIX, openapi
 from tests.support.api import ThreadedGateway, call, token_for, tokens_toml
@@ -42,7 +43,7 @@ def running(tmp_path_factory):
     receiver = UdpCollector()
     data_dir = tmp_path_factory.mktemp("api-schema")
     toml = TOML.replace("{data_dir}", str(data_dir)).replace("{port}", str(receiver.port))
-    gateway = ThreadedGateway(toml).start()
+    gateway = ThreadedGateway(toml, path=data_dir / "gateway.toml").start()
     live = call(gateway.base + PREFIX + "/openapi.json", token=token_for("viewer")).json()
     assert live == openapi()
     yield gateway
@@ -55,9 +56,19 @@ def running(tmp_path_factory):
 schema = schemathesis.openapi.from_dict(openapi())
 
 
+# Bodies that mirror a TOML table are judged by the config's validator, which knows more
+# than a JSON schema says (a sink's targets, a session's filters): a body valid by the
+# schema may still get 400 naming the field. Every other check applies to them.
+CONFIG_BODIES = {("POST", "/sinks"), ("PATCH", "/sinks/{name}"), ("POST", "/sessions")}
+
+
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_as_documented(case, running):
+    operation = (case.method.upper(), case.path.removeprefix(PREFIX))
+    excluded = [positive_data_acceptance] if operation in CONFIG_BODIES else []
     case.call_and_validate(
-        base_url=running.base, headers={"Authorization": f"Bearer {token_for('admin')}"}
+        base_url=running.base,
+        headers={"Authorization": f"Bearer {token_for('admin')}"},
+        excluded_checks=excluded,
     )

@@ -11,7 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gateway.api.server import MAX_BODY, ApiServer, json_response, parse_listen
-from gateway.config.schema import is_loopback
+from gateway.config.api_schema import is_loopback
 
 
 async def http_request(port: int, target: str, method: str = "GET") -> tuple[int, dict, bytes]:

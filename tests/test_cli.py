@@ -11,8 +11,10 @@ import sys
 import pytest
 
 from gateway.store.reservations import peek
+from tests.support.api import call
 from tests.support.broker import free_port
 from tests.support.e2e import REPO_ROOT, free_udp_port
+from tests.support.waiting import wait_until
 
 
 def gateway(*arguments: str, cwd: str | None = None) -> subprocess.CompletedProcess:
@@ -145,21 +147,54 @@ targets = ["127.0.0.1:{free_udp_port()}"]
     assert 20 <= saved.values["sim/default"] < 10_000  # the exact next number, not a block
 
 
+def demo_and_its_dashboard(arguments: list[str], directory) -> tuple:
+    """Run `gateway demo`; while it runs, GET the dashboard URL it printed. Returns the
+    finished process (its stdout and stderr as text) and the page's answer."""
+    with open(directory / "demo.err", "w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", *arguments],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=str(directory),
+            env={**os.environ, "PYTHONPATH": REPO_ROOT, "PYTHONUNBUFFERED": "1"},
+        )
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            found = re.search(r"the dashboard: (\S+)", line)
+            if found:
+                break
+        assert found, "".join(lines)
+        answers = []
+        wait_until(lambda: answers.append(fetch(found.group(1))) or answers[-1], 10, "the page")
+        lines += process.stdout.readlines()
+        process.wait(60)
+        errors.seek(0)
+        finished = subprocess.CompletedProcess(process.args, process.returncode)
+        finished.stdout, finished.stderr = "".join(lines), errors.read()
+    return finished, answers[-1]
+
+
+def fetch(url: str):
+    """The answer at url, or None while nothing listens there yet."""
+    try:
+        return call(url)
+    except OSError:
+        return None
+
+
 def test_the_demo_brings_its_own_receivers_and_each_output_arrives(tmp_path):
     """Nothing listens where the demo's MQTT URL points: it starts its own broker, listens
     for its own UDP, watches its own WebSocket, and every reading delivered arrived."""
     nothing = free_port()  # the demo's broker probe finds no one here
-    result = gateway(
-        "demo",
-        "--seconds",
-        "4",
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--mqtt",
-        f"mqtt://127.0.0.1:{nothing}",
-        cwd=str(tmp_path),
+    listen, mqtt = f"127.0.0.1:{free_port()}", f"mqtt://127.0.0.1:{nothing}"
+    result, page = demo_and_its_dashboard(
+        ["--seconds", "4", "--listen", listen, "--mqtt", mqtt], tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"the dashboard: http://{listen}/" in result.stdout
+    assert page.status == 200 and b'src="/static/dashboard.js"' in page.body
     assert "started its own MQTT broker" in result.stderr
     arrived = {}
     for line in result.stdout.split("what arrived:")[1].strip().splitlines():

@@ -35,9 +35,7 @@ def test_each_builtin_text_parses_and_resolves(name):
 
 def test_builtin_contents_follow_the_design():
     basic = presets.resolve(None, "basic")
-    assert basic["routes"] == [
-        {"type": "mqtt", "qos": 1, "batch": {"max_readings": 1, "max_delay": 0.0}}
-    ]
+    assert basic["routes"] == [{"type": "mqtt", "qos": 1, "batch": {"max_readings": 1}}]
     assert (basic["steps"], basic["buffer"]) == ([], "spill")
 
     realtime = presets.resolve(None, "realtime")
@@ -62,7 +60,7 @@ def test_builtin_contents_follow_the_design():
     assert [route["type"] for route in fast["routes"]] == ["mqtt", "udp"]
     for route in fast["routes"]:
         assert route["encoding"] == "msgpack"
-        assert route["batch"] == {"max_readings": 200, "max_delay": 0.02}
+        assert route["batch"] == {"max_readings": 200}
     assert fast["routes"][0]["qos"] == 1
 
 

@@ -277,12 +277,38 @@ def test_route_to_unknown_sink():
     )
 
 
-def test_route_options_must_suit_the_sink_type():
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ('{ sink = "udp", qos = 1 }', "qos: not used by udp sinks (only mqtt)"),
+        # SSE clients read the sink's own batches: a route's batch would do nothing.
+        ('{ type = "sse", batch = { max_readings = 5 } }', "batch: not used by sse sinks"),
+        ('{ type = "recorder", encoding = "cbor" }', "encoding: not used by recorder sinks"),
+    ],
+)
+def test_route_options_must_suit_the_sink_type(route, expected):
     error = only_error(
-        '[sinks.udp]\ntype = "udp"\ntargets = ["127.0.0.1:9"]\n'
-        '[presets.lab]\nroutes = [{ sink = "udp", qos = 1 }]\n'
+        f'[sinks.udp]\ntype = "udp"\ntargets = ["127.0.0.1:9"]\n[presets.lab]\nroutes = [{route}]\n'
     )
-    assert error == "presets.lab.routes[0].qos: not used by udp sinks (only mqtt)"
+    assert error.startswith("presets.lab.routes[0]." + expected), error
+
+
+@pytest.mark.parametrize(
+    ("value", "got"), [('"192.168.1.10"', None), ('"eth0"', '"eth0"'), ("10", "10")]
+)
+def test_a_udp_sink_names_the_interface_multicast_leaves_through(value, got):
+    text = f'[sinks.udp]\ntype = "udp"\ntargets = ["239.1.2.3:9"]\ninterface = {value}\n'
+    if got is None:
+        assert loads(text)["sinks"]["udp"]["interface"] == "192.168.1.10"
+        return
+    expected = 'the IPv4 address of a local interface, like "192.168.1.10"'
+    assert only_error(text) == f"sinks.udp.interface: expected {expected}, got {got}"
+
+
+def test_a_batch_waits_for_nothing():
+    # max_delay was read by no sink, so it is no longer accepted.
+    error = only_error(MQTT + 'batch = { max_readings = 10, max_delay = "1s" }\n')
+    assert error == "sinks.mqtt.batch.max_delay: unknown key (expected one of: max_readings)"
 
 
 def test_route_needs_exactly_one_of_sink_or_type():
@@ -428,7 +454,7 @@ def test_defaults_fill_a_minimal_config():
         "queue_size": 10000,
         "max_batch": 500,
     }
-    no_batch = {"max_readings": 1, "max_delay": 0.0}
+    no_batch = {"max_readings": 1}
     assert sinks["mqtt"] == {
         "type": "mqtt",
         **common,
@@ -459,6 +485,7 @@ def test_defaults_fill_a_minimal_config():
         "batch": no_batch,
         "ttl": 1,
         "broadcast": None,
+        "interface": None,
     }
     live = {
         "topic": "gw/{gateway}/{device}/{stream}",
@@ -474,6 +501,8 @@ def test_defaults_fill_a_minimal_config():
         "path": "/sse",
         "replay": 10_000,
         "replay_age": 600.0,
+        "replay_dir": "./var/sse",
+        "replay_fsync": "always",
         "client_retry": 2.0,
         "heartbeat": 15.0,
         "cors_origins": [],
@@ -484,7 +513,7 @@ def test_defaults_fill_a_minimal_config():
         "url": "https://example.com/in",
         "timeout": 10.0,
         "encoding": "json",
-        "batch": {"max_readings": 500, "max_delay": 0.0},  # a POST carries a batch
+        "batch": {"max_readings": 500},  # a POST carries a batch
         "headers": {},
         "verify": True,
         "ca": None,
@@ -520,7 +549,7 @@ def test_simulated_source_takes_its_format_from_the_profile():
 
 
 def test_profile_table_matches_the_simulator():
-    from gateway.config.schema import PROFILE_FORMATS
+    from gateway.config.sources_schema import PROFILE_FORMATS
     from gateway.sources.simulator import PROFILE_FORMATS as SIMULATOR
 
     assert PROFILE_FORMATS == SIMULATOR
@@ -593,6 +622,13 @@ def test_validate_sink_for_runtime_reconfiguration():
     assert caught.value.errors == [
         "sinks.mqtt.qos: expected 0 or 1, got 2 (QoS 2 is not supported)"
     ]
+
+
+def test_an_mqtt_client_id_may_name_the_gateway_and_the_sink():
+    from gateway import sinks
+
+    options = validate_sink("up", {"type": "mqtt", "client_id": "{gateway}-{sink}"}, "gw1")
+    assert sinks.create("up", options, "gw1").client_id == "gw1-up"
 
 
 # Keys drawn from the real schema, so random documents reach deep into the validator.

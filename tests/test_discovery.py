@@ -28,7 +28,7 @@ DEVICE_KEYS = {"identifiers", "connections", "name", "model", "sw_version", "via
 TEMPLATE = re.compile(r"""\{\{ value_json\['data'\]\[("(?:[^"\\]|\\.)*")\] \}\}""")
 
 
-def config_text(data_dir, pty_paths: dict[str, str], broker_port: int) -> str:
+def config_text(data_dir, pty_paths: dict[str, str], broker_port: int, base: str = "iot") -> str:
     sources = "".join(
         f'[[sources]]\nname = "{name}"\nport = "{path}"\nformat = "json"\n'
         f'stream = "env"\npreset = "home"\n'
@@ -44,7 +44,7 @@ listen = "127.0.0.1:0"
 
 {sources}
 [presets.home]
-extends = "iot"
+extends = "{base}"
 steps = []
 
 [sinks.mqtt]
@@ -220,3 +220,30 @@ def test_a_device_with_ever_new_fields_is_announced_up_to_the_bound():
     announcer = asyncio.run(main())
     assert len(announcer.configs) == MAX_FIELDS
     assert announcer.counters["fields_over_limit"] == 50
+
+
+def test_without_discovery_a_device_still_has_its_status_and_nothing_is_announced(broker, tmp_path):
+    device, other = VirtualSerialDevice(), VirtualSerialDevice()
+    states = Subscriber(broker.port, "gw/+/+/status")
+    ha = Subscriber(broker.port, "homeassistant/#")
+    both = {"bench-1": device.path, "bench-2": other.path}
+
+    async def run(paths):
+        async with gateway_in_loop(config_text(tmp_path, paths, broker.port, "basic")):
+            device.write(b'{"temperature": 20.0}\n')
+            await eventually(lambda: statuses(states, "bench-1")[-1:] == [b"online"], 10)
+            await eventually(lambda: statuses(states, "bench-1")[-1:] == [b"offline"], 10)
+            device.write(b'{"temperature": 20.5}\n')
+            await eventually(lambda: statuses(states, "bench-1")[-1:] == [b"online"], 10)
+
+    try:
+        asyncio.run(run(both))
+        assert statuses(states, "bench-2")[-1:] == [b"offline"]  # connected, never heard from
+        asyncio.run(run({"bench-1": device.path}))  # bench-2 left the config
+        wait_until(lambda: statuses(states, "bench-2")[-1:] == [b""], 10, "bench-2 cleared")
+    finally:
+        states.close()
+        ha.close()
+        device.close()
+        other.close()
+    assert configs(ha) == {}

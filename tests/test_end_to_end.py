@@ -11,12 +11,13 @@ import pytest
 
 from gateway.sources.simulator import VirtualSerialDevice
 from tests.support.broker import free_port
+from tests.support.clock import envelope_keys
 from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters, Receivers, free_udp_port
 
 DEVICES = 4
 PER_DEVICE = 2_600  # 10,400 readings in all
-ENVELOPE_KEYS = {"gateway", "device", "stream", "seq", "ts", "data"}
+ENVELOPE_KEYS = envelope_keys("gateway", "device", "stream", "seq", "ts", "data")
 
 
 def e2e_config(

@@ -22,6 +22,7 @@ from gateway.core.breaker import OPEN
 from gateway.sources.simulator import VirtualSerialDevice
 from gateway.store.buffer import encode_reading
 from tests.support.broker import Subscriber
+from tests.support.clock import as_sent
 from tests.support.far_side import FarSide
 from tests.support.tmpfs import remount, tmpfs
 from tests.support.waiting import eventually
@@ -70,14 +71,16 @@ def expected_reading(index: int, pad: int = 0) -> dict:
     data = {"n": 10000 + index}
     if pad:
         data["pad"] = "x" * pad
-    return {
-        "gateway": "gw",
-        "device": "dev",
-        "stream": "default",
-        "seq": FIRST_SEQ + index,
-        "ts": TS,
-        "data": data,
-    }
+    return as_sent(
+        {
+            "gateway": "gw",
+            "device": "dev",
+            "stream": "default",
+            "seq": FIRST_SEQ + index,
+            "ts": TS,
+            "data": data,
+        }
+    )
 
 
 READING_SIZE = len(encode_reading(expected_reading(0)))

@@ -27,6 +27,7 @@ from gateway.core import protocol
 from gateway.sources.simulator import VirtualSerialDevice
 from host_tools.simulate import FIRMWARE_DIR
 from tests.support.broker import Subscriber, free_port
+from tests.support.clock import envelope_keys
 from tests.support.firmware import RUNTIMES, NodeProcess, node_config, start_node
 from tests.support.relay import TO_DEVICE, TO_GATEWAY, CorruptingRelay
 
@@ -36,7 +37,7 @@ SOURCE = "node-port"
 TOPIC = f"gw/{GATEWAY_ID}/{DEVICE}/synthetic"
 # The firmware's highest rate per stream; both runtimes keep it up through the gateway.
 RATE = 1000.0
-ENVELOPE_KEYS = {"gateway", "device", "stream", "seq", "ts", "dts", "data"}
+ENVELOPE_KEYS = envelope_keys("gateway", "device", "stream", "seq", "ts", "dts", "data")
 DEADLINE = 30.0  # seconds; reached only when something is wrong
 
 _spec = importlib.util.spec_from_file_location("sensors", FIRMWARE_DIR / "sensors.py")

@@ -90,6 +90,9 @@ def test_a_sink_without_its_broker_degrades_and_with_no_sink_left_it_is_failing(
             text = config_text(tmp_path / "var", device.path, port)
             async with Running(text) as gateway:
                 await eventually(lambda: gateway.sinks["udp"].connected, what="udp")
+                # Its first connect may still be under way: wait until it has been refused.
+                mqtt = gateway.sinks["mqtt"]
+                await eventually(lambda: mqtt.last_error is not None, what="refused")
                 state, reasons = status(gateway)
                 assert state == "degraded"
                 assert reasons["sink:mqtt"].startswith("disconnected (no MQTT broker answers")

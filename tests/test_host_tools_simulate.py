@@ -15,8 +15,8 @@ import pytest
 
 from gateway.config import loads
 from gateway.core import protocol
-from gateway.sources.ports import list_ports
 from host_tools.cli import format_ports
+from host_tools.ports import list_ports
 from tests.support.firmware import Peer
 
 HOST_TOOLS = str(Path(sys.executable).parent / "host-tools")

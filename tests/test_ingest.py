@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
+from gateway.clock import ClockWatch
 from gateway.config import loads, presets
 from gateway.ingest import Ingest, resolve_routes
 from gateway.sinks.base import Sink
@@ -164,3 +167,94 @@ def test_validate_drops_and_counts_by_reason_per_source(tmp_path):
         "missing:t": 2,  # {} and {"h": 1}
         "range:t": 2,
     }
+
+
+TYPED = """
+[[sources]]
+name = "bench-1"
+port = "/dev/null"
+format = "FORMAT"
+OPTIONS
+preset = "typed"
+[presets.typed]
+extends = "basic"
+[[presets.typed.steps]]
+op = "validate"
+fields.id = { type = "string" }
+fields.n = { type = "integer" }
+fields.on = { type = "bool" }
+fields.t = { type = "number", min = -40, max = 85, required = true }
+[sinks.mqtt]
+type = "mqtt"
+"""
+
+
+def typed_ingest(tmp_path, format: str, options: str = ""):
+    config = loads(TYPED.replace("FORMAT", format).replace("OPTIONS", options), environ={})
+    sink = QueueOnlySink("mqtt", "mqtt")
+    preset = presets.resolve(config, "typed")
+    store = SequenceStore(str(tmp_path / "seq.json"))
+    return Ingest(config["sources"][0], preset, [(sink, {})], "gw", store), sink
+
+
+@pytest.mark.parametrize(
+    ("format", "options", "lines", "invalid"),
+    [
+        (
+            "csv",
+            'fields = ["id", "t", "n", "on"]',
+            ["007,21.5,7,true", "008,hot,7,1", "009,90,7,0", "010,20,7.5,yes", "011,-40,-3,0"],
+            {"type:t": 1, "range:t": 1, "type:n": 1, "type:on": 1},
+        ),
+        (
+            "kv",
+            "",
+            ["id=007 t=21.5 n=7 on=true", 'id=8 t="21.5"', "t=90", "n=7", "id=011 t=-40 n=-3 on=0"],
+            {"type:t": 1, "range:t": 1, "missing:t": 1},
+        ),
+        (
+            "json",
+            "",
+            [
+                '{"id": "007", "t": 21.5, "n": 7, "on": true}',
+                '{"id": 7, "t": "21.5"}',
+                '{"t": 90}',
+                "{}",
+                '{"id": "011", "t": -40, "n": -3, "on": false}',
+            ],
+            {"type:id": 1, "type:t": 1, "range:t": 1, "empty": 1, "missing:t": 1},
+        ),
+    ],
+)
+def test_text_formats_convert_fields_by_the_declared_type(
+    tmp_path, format, options, lines, invalid
+):
+    ingest, sink = typed_ingest(tmp_path, format, options)
+    for line in lines:
+        ingest.on_line(line, 1.0)
+    kept = [reading["data"] for reading, _route in sink.taken()]
+    assert kept == [
+        {"id": "007", "t": 21.5, "n": 7, "on": True},
+        {"id": "011", "t": -40, "n": -3, "on": False},
+    ]
+    counters = ingest.counters
+    assert counters["readings"] == 2 and counters["parse_errors"] == 0
+    assert counters["invalid"] == invalid
+
+
+def test_readings_say_so_while_the_system_clock_is_not_synchronised(tmp_path):
+    ingest, sinks = build(tmp_path)
+    status = {"synced": False}
+    watch = ClockWatch(
+        status=lambda: status["synced"], on_change=lambda u: setattr(ingest, "unsynced", u)
+    )
+    ingest.unsynced = watch.unsynced  # as the app sets a new ingest
+    ingest.on_line('{"t": 215, "h": 40}', 1.0)
+    status["synced"] = True
+    watch.check()
+    ingest.on_line('{"t": 216, "h": 40}', 2.0)
+    status["synced"] = False
+    watch.check()
+    ingest.on_line('{"t": 217, "h": 40}', 3.0)
+    readings = [reading for reading, _route in sinks["b"].taken()]
+    assert [reading.get("unsynced") for reading in readings] == [True, None, True]

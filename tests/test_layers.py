@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,33 @@ LAYERS = {
     "gateway": 1,  # the package itself: __version__
     "gateway.json_bytes": 1,
     "gateway.throttled_log": 1,
-    "gateway.config": 1,
+    "gateway.systemd": 1,  # sd_notify, journald and the unit file; the app and the cli use it
+    "gateway.clock": 1,  # the store clock, clock jumps and sync status (store and app use it)
+    "gateway.config": 1,  # the package: load, loads, check_file, validate_sink, ConfigError
+    "gateway.config.units": 1,  # durations and sizes
+    "gateway.config.substitution": 1,  # ${ENV} in the text
+    "gateway.config.report": 1,  # ConfigError, Report, Section: how errors are collected
+    "gateway.config.checks": 1,  # value checks
+    "gateway.config.api_schema": 1,  # [api]
+    "gateway.config.sources_schema": 1,  # [[sources]]
+    "gateway.config.sinks_schema": 1,  # [sinks.NAME]
+    "gateway.config.presets_schema": 1,  # [presets.NAME]: steps and routes
+    "gateway.config.schema": 1,  # the whole document: normalize
+    "gateway.config.sessions_schema": 1,  # a session's request body (POST /sessions)
+    "gateway.config.presets": 1,  # built-in presets and `extends` resolution
+    "gateway.config.loader": 1,  # read, substitute, parse, validate
+    "gateway.config.builtin": 1,  # package data: the built-in presets' TOML
     "gateway.sources": 1,
     "gateway.sinks": 1,
     "gateway.store": 1,
     "gateway.api": 1,  # the package
     "gateway.api.server": 1,  # the listener: the app and the WebSocket sink serve on it
     "gateway.api.security": 1,
+    "gateway.api.dashboard": 1,  # the page at /, served by the listener
     "gateway.ingest": 2,
+    "gateway.reconfigure": 2,  # what a reloaded config changes
     "gateway.app": 2,
+    "gateway.sessions": 2,  # distribution sessions, run by the app
     "gateway.api.control": 3,  # the control plane, over a Gateway
     "gateway.api.metrics": 3,
     "gateway.cli": 3,
@@ -39,7 +58,7 @@ def module_name(path: Path, root: Path = ROOT) -> str:
 
 
 # Packages whose modules are placed one by one: a new module there must be placed too.
-EXACT = ("gateway", "gateway.api")
+EXACT = ("gateway", "gateway.api", "gateway.config")
 
 
 def layer(module: str) -> int | None:
@@ -78,6 +97,47 @@ def existing(name: str, root: Path) -> bool:
     return path.with_suffix(".py").exists() or (path / "__init__.py").exists()
 
 
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Every gateway module and the gateway modules it imports when it runs: at the top or in
+    a function, not under `if TYPE_CHECKING:` (annotations only, which break no import)."""
+    graph = {}
+    for path in sorted((root / "gateway").rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                node.body = []
+        found = imported(tree, module, path.name == "__init__.py", root)
+        graph[module] = {name for _, name in found if name != module}
+    return graph
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", None)
+    return name == "TYPE_CHECKING"
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import cycle once, as the path that closes it (a -> b -> a), found depth first."""
+    found: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph.get(module, ())):
+            if target in path:
+                cycle = path[path.index(target) :] + [target]
+                if not any(set(cycle) == set(known) for known in found):
+                    found.append(cycle)
+            elif target in graph and target not in done:
+                visit(target, path + [target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    return found
+
+
 def violations(path: Path, root: Path = ROOT) -> list[str]:
     module = module_name(path, root)
     own = layer(module)
@@ -104,6 +164,51 @@ def test_imports_flow_one_way(path):
     assert violations(path) == []
 
 
+DOC = ROOT / "docs" / "architecture.md"
+_ROW = re.compile(r"^\| (\d) \| (gateway[\w.]*) \| (.+) \|$", re.MULTILINE)
+
+
+def documented_layers(text: str) -> dict[str, int]:
+    """The layer of each module in the table of docs/architecture.md ("(package)": its own)."""
+    layers = {}
+    for number, package, cells in _ROW.findall(text):
+        for entry in cells.split(","):
+            entry = entry.strip().strip("`")
+            layers[package if entry == "(package)" else f"{package}.{entry}"] = int(number)
+    return layers
+
+
+def test_the_architecture_page_draws_every_module_in_its_layer():
+    drawn = documented_layers(DOC.read_text())
+    actual = {module_name(path): layer(module_name(path)) for path in MODULES}
+    assert {module: drawn.get(module) for module in actual} == actual
+    assert sorted(set(drawn) - set(actual)) == []  # no module drawn that is not there
+
+
+def test_no_module_imports_itself_through_others():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checker_catches_an_import_cycle(tmp_path):
+    package = tmp_path / "gateway" / "config"
+    package.mkdir(parents=True)
+    files = {
+        # Two modules that need each other, one of them only inside a function.
+        "schema": "def f():\n    from gateway.config.presets import X\n",
+        "presets": "from gateway.config import schema\n",
+        # A loop closed only by an import for annotations, which breaks nothing at run time.
+        "report": "from gateway.config import units\n",
+        "units": "from gateway.config import checks\n",
+        "checks": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+        "    from gateway.config import report\n",
+    }
+    for name, text in files.items():
+        (package / f"{name}.py").write_text(text)
+    assert cycles(import_graph(tmp_path)) == [
+        ["gateway.config.presets", "gateway.config.schema", "gateway.config.presets"]
+    ]
+
+
 def test_the_checker_catches_an_upward_import(tmp_path):
     # A sink that imports the app and a core module that imports a sink, as files.
     sink = tmp_path / "gateway" / "sinks" / "bad.py"
@@ -123,9 +228,9 @@ def test_the_checker_catches_an_upward_import(tmp_path):
 
 
 def test_a_module_in_no_layer_is_named(tmp_path):
-    stray = tmp_path / "gateway" / "api" / "dashboard.py"
+    stray = tmp_path / "gateway" / "api" / "stray.py"
     stray.parent.mkdir(parents=True)
     stray.write_text('"""A page."""\n')
     assert violations(stray, tmp_path) == [
-        "gateway.api.dashboard: in no layer; place it in LAYERS (and docs/architecture.md)"
+        "gateway.api.stray: in no layer; place it in LAYERS (and docs/architecture.md)"
     ]

@@ -143,7 +143,7 @@ def test_topic_template_and_route_overrides(broker):
 
 def test_batch_mode_sends_json_arrays_per_topic(broker):
     subscriber = Subscriber(broker.port, "gw/t/+/env")
-    route = {"sink": "mqtt", "batch": {"max_readings": 50, "max_delay": 0.1}}
+    route = {"sink": "mqtt", "batch": {"max_readings": 50}}
 
     async def scenario() -> MqttSink:
         async with Running(make_sink(broker.url, max_batch=500)) as sink:
@@ -165,7 +165,7 @@ def test_batch_mode_sends_json_arrays_per_topic(broker):
 
 def test_batches_gather_interleaved_devices_per_topic_in_order(broker):
     subscriber = Subscriber(broker.port, "gw/t/+/env")
-    route = {"sink": "mqtt", "batch": {"max_readings": 50, "max_delay": 0.1}}
+    route = {"sink": "mqtt", "batch": {"max_readings": 50}}
 
     async def scenario() -> MqttSink:
         async with Running(make_sink(broker.url, max_batch=500)) as sink:
@@ -384,7 +384,7 @@ def test_frozen_broker_is_detected_by_keepalive_and_readings_survive(broker):
     subscriber = Subscriber(broker.port, "gw/t/+/env")
 
     async def scenario() -> MqttSink:
-        sink = make_sink(broker.url, keepalive=1, ack_timeout=1)
+        sink = make_sink(broker.url, keepalive=1, send_timeout=1)
         async with Running(sink):
             await eventually(lambda: sink.connected)
             # idle for longer than 1.5 x keepalive: only our PINGREQs keep the session open
@@ -526,9 +526,8 @@ def test_options_are_checked_when_the_sink_is_built():
         make_sink("mqtt://127.0.0.1", qos=3)
     with pytest.raises(ValueError, match="sinks.mqtt.topic"):
         make_sink("mqtt://127.0.0.1", topic="gw/{nope}")
-    sink = MqttSink(
-        "up", {"url": "mqtts://user:p%40ss@broker.local", "client_id": "{gateway}-x"}, "g"
-    )
+    options = {"url": "mqtts://broker.local", "client_id": "{gateway}-x", "username": "user"}
+    sink = MqttSink("up", {**options, "password": "p@ss"}, "g")
     assert (sink.host, sink.port, sink.tls) == ("broker.local", 8883, True)
     assert (sink.username, sink.password, sink.client_id) == ("user", "p@ss", "g-x")
 
@@ -537,7 +536,7 @@ def test_delivered_counts_only_acknowledged_readings(broker):
     subscriber = Subscriber(broker.port, "gw/t/+/env")
 
     async def scenario() -> MqttSink:
-        sink = make_sink(broker.url, ack_timeout=0.5, keepalive=60, availability=False)
+        sink = make_sink(broker.url, send_timeout=0.5, keepalive=60, availability=False)
         async with Running(sink):
             for seq in range(3):
                 sink.offer(reading(seq), {})

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.api.server import ApiServer
 from gateway.config import loads
-from gateway.config.schema import SINK_TYPES
+from gateway.config.sinks_schema import SINK_TYPES
 from gateway.sinks import IMPLEMENTED_TYPES, create
 
 MINIMAL = {

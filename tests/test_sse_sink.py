@@ -9,11 +9,9 @@ import socket
 import aiohttp
 import pytest
 
-from gateway.api.server import ApiServer
 from gateway.config import ConfigError, loads
-from gateway.sinks.sse import SseSink
 from tests.support.api import api_table, token_for, tokens_toml
-from tests.support.sse import SseClient
+from tests.support.sse import SseClient, served_sink
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -38,18 +36,8 @@ def run(scenario, api: dict | None = None, **options):
     """Start an API listener with an SSE sink (options), run scenario(sink, url), stop."""
 
     async def main():
-        server = ApiServer(api=api or {"listen": "127.0.0.1:0"})
-        sink = SseSink("sse", {"heartbeat": 5.0, **options}, "gw", server)
-        await server.start()
-        task = asyncio.create_task(sink.run())
-        await eventually(lambda: sink.connected, 5, "the sink to open")
-        try:
-            return await scenario(sink, f"http://127.0.0.1:{server.port}/sse")
-        finally:
-            await sink.stop()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await server.stop()
+        async with served_sink(options, api) as (sink, url):
+            return await scenario(sink, url)
 
     return asyncio.run(main())
 

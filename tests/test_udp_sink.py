@@ -142,7 +142,7 @@ def test_batches_are_split_to_fit_the_datagram(receiver, encoding):
         "targets": [f"127.0.0.1:{receiver.port}"],
         "encoding": encoding,
         "max_datagram": 4000,
-        "batch": {"max_readings": 20, "max_delay": 0.01},
+        "batch": {"max_readings": 20},
     }
     sink = UdpSink("udp", options, "gw-test")
 

@@ -8,7 +8,9 @@ import sys
 
 from gateway.core import compat
 
-CHUNK = 512  # bytes asked for per read; a frame is at most 516 on the wire
+# Bytes asked for per read (a frame may span reads). Small: every frame of a read is decoded
+# at once, and 512 bytes of ACKs are 40 frames whose lists a full ring's heap cannot spare.
+CHUNK = 128
 
 
 class LinkClosed(Exception):
@@ -173,13 +175,30 @@ class MicroFdLink:
         self.file = None
 
 
+# Linux termios bits (the unix port's termios module names none of them): what cfmakeraw()
+# clears in the input, output and local modes, and sets in the control modes.
+_RAW_IFLAG_OFF = 0o1 | 0o2 | 0o10 | 0o40 | 0o100 | 0o200 | 0o400 | 0o2000
+_RAW_OFLAG_OFF = 0o1  # OPOST
+_RAW_LFLAG_OFF = 0o10 | 0o100 | 0o2 | 0o1 | 0o100000  # ECHO ECHONL ICANON ISIG IEXTEN
+_RAW_CFLAG_OFF = 0o60 | 0o400  # CSIZE PARENB
+_RAW_CFLAG_ON = 0o60  # CS8
+
+
 def _open_raw_tty(path):
     import termios
 
     handle = open(path, "r+b")  # noqa: SIM115 - the caller keeps it
     fd = handle.fileno()
-    termios.setraw(fd)
+    if sys.platform != "linux":
+        termios.setraw(fd)  # flushes input waiting in the tty (TCSAFLUSH)
     attributes = termios.tcgetattr(fd)
+    if sys.platform == "linux":
+        # Raw mode set with TCSANOW: what the device wrote before the port was opened stays
+        # (termios.setraw would discard it, unlike the Pi gateway's pyserial).
+        attributes[0] &= ~_RAW_IFLAG_OFF
+        attributes[1] &= ~_RAW_OFLAG_OFF
+        attributes[2] = (attributes[2] & ~_RAW_CFLAG_OFF) | _RAW_CFLAG_ON
+        attributes[3] &= ~_RAW_LFLAG_OFF
     attributes[6][5] = 0  # VTIME
     attributes[6][6] = 0  # VMIN: read() returns at once with what is there
     termios.tcsetattr(fd, termios.TCSANOW, attributes)

@@ -10,9 +10,8 @@ launcher (host-tools simulate, tests/support/firmware.py) passes down. Exit code
 
 import sys
 
-import config as node_config
 from link import LinkClosed, make_link
-from node import Node, print_error
+from node import ConfigError, Node, print_error
 
 from gateway.core import compat
 
@@ -62,16 +61,34 @@ async def say_hello_to_the_line(link):
         pass  # the node's reader finds out and acts
 
 
+def load_config(config_path):
+    """(config, errors) from the file. The config module is let go again afterwards (it is
+    loaded when a set_config needs it): about 7 KB of heap a small board runs without."""
+    import config as node_config
+
+    try:
+        return node_config.load(config_path)
+    finally:
+        release_config()
+
+
+def release_config():
+    sys.modules.pop("config", None)
+
+
 async def run(config_path):
     """Boot after boot until the link is lost or the REPL is asked for; returns the outcome."""
-    config, errors = node_config.load(config_path)
+    config, errors = load_config(config_path)
     link = await open_link(config)
     try:
         while True:
             try:
                 node = Node(config, link, config_path, echo if HOST else None, errors)
-            except node_config.ConfigError as error:
+            except ConfigError as error:
+                import config as node_config
+
                 config, errors = node_config.fallback(config), error.errors
+                release_config()
                 continue
             outcome = await node.run()
             if outcome != "reboot":
@@ -82,7 +99,7 @@ async def run(config_path):
                 machine.reset()
             # On a host a reboot is simulated: a fresh Node (new boot id, seq 0, uptime 0,
             # empty ring) on the same link, with the config read again from its file.
-            config, errors = node_config.load(config_path)
+            config, errors = load_config(config_path)
     finally:
         link.close()
 

@@ -8,7 +8,6 @@ escape arrived); main.py decides what that means on a board and on a host.
 import os
 import sys
 
-import config as node_config
 import sensors
 from link import LinkClosed
 from ring import Ring
@@ -33,6 +32,21 @@ REPL_ESCAPE = b"\x00\x03\x03\x03\x03\x03\x00"
 
 # Keys a changed config must keep for the running node to apply it without a reboot.
 REBOOT_KEYS = ("device", "streams", "link", "ring")
+
+
+class ConfigError(Exception):
+    """The config cannot run (config.ConfigError's twin, raised without loading config)."""
+
+    def __init__(self, errors):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def _config_module():
+    """config.py, imported when a command needs it: a small heap runs without it loaded."""
+    import config
+
+    return config
 
 
 class BadArguments(Exception):
@@ -132,7 +146,7 @@ class Node:
         widest = dict(self.hello)
         widest["oldest"] = 0xFFFF  # the longest number a later HELLO may carry there
         if len(protocol.hello_payload(widest)) > protocol.MAX_PAYLOAD:
-            raise node_config.ConfigError(["streams: too many to describe in one HELLO frame"])
+            raise ConfigError(["streams: too many to describe in one HELLO frame"])
         for error in boot_errors:
             self.log(protocol.LOG_ERROR, error)
 
@@ -576,6 +590,8 @@ class Node:
         except BadArguments as error:
             await self._respond(request_id, protocol.NACK_BAD_ARGUMENTS, {"error": str(error)})
             return
+        finally:
+            sys.modules.pop("config", None)  # loaded by set_rate, set_config: let it go again
         await self._respond(request_id, protocol.STATUS_OK, result)
         if name == "reboot":
             await compat.sleep_ms(REBOOT_DELAY_MS)  # let the RESP leave the UART
@@ -625,6 +641,7 @@ class Node:
             raise BadArguments(f"stream: expected one of {names}, got {name!r}")
         rate = args.get("rate")
         valid = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+        node_config = _config_module()
         if not valid or not 0 <= rate <= node_config.MAX_RATE:
             raise BadArguments(
                 f"rate: expected a number 0..{node_config.MAX_RATE:g} (0 pauses), got {rate!r}"
@@ -641,6 +658,7 @@ class Node:
         """Merge args into the config (null removes a key: its default applies) and save it."""
         if not args:
             raise BadArguments("expected the keys to set, got none")
+        node_config = _config_module()
         merged = node_config.merge(node_config.DEFAULTS, node_config.merge(self.config, args))
         errors = node_config.validate(merged)
         if errors:
@@ -660,7 +678,7 @@ class Node:
         if self.config_path is None:
             return False
         try:
-            node_config.save(self.config_path, self.config)
+            _config_module().save(self.config_path, self.config)
         except OSError as error:
             self.log(protocol.LOG_ERROR, f"config not saved: {error}")
             return False

@@ -15,7 +15,11 @@ class Ring:
 
     def __init__(self, capacity, first_seq=0):
         self.capacity = capacity
-        self.payloads = []
+        # Fixed slots used circularly: a list that grew and shrank with the ring would be
+        # reallocated (512 bytes at 64 frames) just when a full ring leaves the heap least room.
+        self._slots = [None] * capacity
+        self._head = 0  # slot of the oldest payload
+        self._count = 0
         self.first_seq = first_seq
         self.cursor = 0
         self.sent = 0
@@ -25,17 +29,21 @@ class Ring:
         self.dropped_in_session = 0
 
     def __len__(self):
-        return len(self.payloads)
+        return self._count
 
     def full(self):
-        return len(self.payloads) >= self.capacity
+        return self._count >= self.capacity
+
+    def payload(self, index):
+        """The payload index places after the oldest (0: the oldest)."""
+        return self._slots[(self._head + index) % self.capacity]
 
     def next_seq(self):
-        return seq_add(self.first_seq, len(self.payloads))
+        return seq_add(self.first_seq, self._count)
 
     def last_seq(self):
         """The newest payload's seq (first_seq - 1 when empty)."""
-        return seq_add(self.first_seq, len(self.payloads) - 1)
+        return seq_add(self.first_seq, self._count - 1)
 
     def index_of(self, seq):
         """Position of seq relative to the oldest payload (negative: older than any held)."""
@@ -46,7 +54,8 @@ class Ring:
         if self.full():
             raise OverflowError("ring full")
         seq = self.next_seq()
-        self.payloads.append(payload)
+        self._slots[(self._head + self._count) % self.capacity] = payload
+        self._count += 1
         return seq
 
     def drop_oldest(self):
@@ -60,12 +69,15 @@ class Ring:
         count = self.index_of(seq) + 1
         if count <= 0:
             return 0
-        count = min(count, len(self.payloads))
+        count = min(count, self._count)
         self._remove(count)
         return count
 
     def _remove(self, count):
-        del self.payloads[:count]
+        for index in range(count):
+            self._slots[(self._head + index) % self.capacity] = None
+        self._head = (self._head + count) % self.capacity
+        self._count -= count
         self.first_seq = seq_add(self.first_seq, count)
         self.cursor = max(0, self.cursor - count)
         self.sent = max(0, self.sent - count)
@@ -86,10 +98,10 @@ class Ring:
 
     def next_unsent(self):
         """(seq, payload, is_retransmit) at the cursor, or None when all went out."""
-        if self.cursor >= len(self.payloads):
+        if self.cursor >= self._count:
             return None
         index = self.cursor
-        return seq_add(self.first_seq, index), self.payloads[index], index < self.sent
+        return seq_add(self.first_seq, index), self.payload(index), index < self.sent
 
     def position(self):
         """What a sender notes before a write and hands back to mark_sent()."""
@@ -101,7 +113,7 @@ class Ring:
         if epoch != self.epoch:
             return  # renumbered: that seq belonged to the previous session
         index = self.index_of(seq)
-        if index < 0 or index >= len(self.payloads):
+        if index < 0 or index >= self._count:
             return  # acknowledged (or evicted) while it was being written
         self.sent = max(self.sent, index + 1)
         if generation == self.generation:

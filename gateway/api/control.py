@@ -15,12 +15,15 @@ from gateway import __version__
 from gateway.api.security import ROLES, ApiError
 from gateway.api.server import HttpRequest, json_response
 from gateway.app import Gateway
-from gateway.config import presets
+from gateway.config import ConfigError, presets, validate_session, validate_sink
 from gateway.core.protocol import COMMANDS
+from gateway.sessions import SessionConflict
 from gateway.sources.cobs_link import COMMAND_TIMEOUT
 from gateway.sources.commands import CommandError, CommandTimeout
 
 PREFIX = "/api/v1"
+SINK_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # as [sinks.NAME] takes
+NAME_EXPECTED = 'a name of letters, digits, "_", "-" and "." (at most 64)'
 MAX_COMMAND_TIMEOUT = 60.0
 
 
@@ -130,12 +133,101 @@ SCHEMAS: dict[str, Any] = {
     ),
 }
 
-# What a request may carry: PATCH /sinks/{name} changes `enabled` and nothing else yet.
+_SESSION = _obj(
+    {
+        "id": {"type": "string"},
+        "name": {"type": "string"},
+        "state": {"enum": ["running", "ended"]},
+        "started_at": {"type": "number"},
+        "ends_at": {"type": ["number", "null"]},
+        "ended_at": {"type": ["number", "null"]},
+        "end_reason": {"enum": ["duration", "readings", "deleted", "failed", None]},
+        "select": {"type": "array", "items": {"type": "string"}},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "sinks": {"type": "object", "additionalProperties": {"type": "string"}},
+        "routes": {"type": "array", "items": {"type": "object"}},
+        "duration": {"type": ["number", "null"]},
+        "max_readings": {"type": ["integer", "null"]},
+        "counters": _obj(
+            {
+                "readings": {"type": "integer"},
+                "pipeline_errors": {"type": "integer"},
+                "routes": {"type": "array", "items": {"type": "object"}},
+                "sinks": {"type": "object"},
+            }
+        ),
+    }
+)
+_ANNOUNCED = _obj(
+    {
+        "device": {"type": "string"},
+        "model": {"type": "string"},
+        "link": {"type": "boolean"},
+        "status": {"type": ["string", "null"]},
+        "configs": {"type": "array", "items": {"type": "string"}},
+    }
+)
+SCHEMAS.update(
+    {
+        "Discovery": _obj(
+            {
+                "sinks": {
+                    "type": "array",
+                    "items": _obj(
+                        {
+                            "sink": {"type": "string"},
+                            "prefix": {"type": "string"},
+                            "devices": {"type": "array", "items": _ANNOUNCED},
+                            "counters": _COUNT_TABLE,
+                        }
+                    ),
+                }
+            }
+        ),
+        "Session": _SESSION,
+        "Sessions": _obj({"sessions": {"type": "array", "items": _SESSION}}),
+        "SinkRemoved": _obj({"name": {"type": "string"}, "purged": {"type": "integer"}}),
+        "Reloaded": _obj(
+            {
+                "sinks": _obj(
+                    {key: {"type": "array"} for key in ("added", "removed", "reconfigured")}
+                ),
+                "sources": _obj(
+                    {key: {"type": "array"} for key in ("added", "removed", "restarted")}
+                ),
+                "api": {"type": "boolean"},
+            }
+        ),
+    }
+)
+
+# A sink's table as in [sinks.NAME]: its keys are checked by the config's own validator.
+_SINK_TABLE = {"type": "object", "additionalProperties": True}
+# What a request may carry. Bodies mirror the TOML (DESIGN §8).
 REQUEST_BODIES = {
     ("PATCH", "/sinks/{name}"): {
-        "type": "object",
-        "required": ["enabled"],
+        **_SINK_TABLE,
+        "description": '{"enabled": false} (operator), or any keys of [sinks.NAME] (admin)',
+        "minProperties": 1,
         "properties": {"enabled": {"type": "boolean"}},
+    },
+    ("POST", "/sinks"): {
+        **_SINK_TABLE,
+        "required": ["name", "type"],
+        "properties": {"name": {"type": "string"}, "type": {"type": "string"}},
+    },
+    ("POST", "/sessions"): {
+        "type": "object",
+        "required": ["name", "routes"],
+        "properties": {
+            "name": {"type": "string"},
+            "select": {"type": "array", "items": {"type": "string"}},
+            "steps": {"type": "array", "items": {"type": "object"}},
+            "sinks": {"type": "object", "additionalProperties": _SINK_TABLE},
+            "routes": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+            "duration": {"type": ["string", "number"]},
+            "max_readings": {"type": "integer", "minimum": 1},
+        },
         "additionalProperties": False,
     },
     ("POST", "/devices/{id}/commands"): {
@@ -173,9 +265,52 @@ ENDPOINTS = [
     ),
     ("GET", "/sources", "viewer", "_sources", "Sources with link state and counters", "Sources"),
     ("GET", "/sinks", "viewer", "_sinks", "Sinks with breaker state, buffer and counters", "Sinks"),
+    ("POST", "/sinks", "admin", "_post_sink", "Add a sink (keys of [sinks.NAME])", "Sink"),
     ("GET", "/sinks/{name}", "viewer", "_sink", "One sink", "Sink"),
-    ("PATCH", "/sinks/{name}", "operator", "_patch_sink", "Enable or disable a sink", "Sink"),
+    (
+        "PATCH",
+        "/sinks/{name}",
+        "operator",
+        "_patch_sink",
+        "Enable or disable a sink (operator); reconfigure it, keeping its buffer (admin)",
+        "Sink",
+    ),
+    (
+        "DELETE",
+        "/sinks/{name}",
+        "admin",
+        "_delete_sink",
+        "Remove a sink; its buffer is kept unless ?purge=true",
+        "SinkRemoved",
+    ),
+    (
+        "POST",
+        "/config/reload",
+        "admin",
+        "_reload",
+        "Apply the changed config file as a whole, or refuse it with every error",
+        "Reloaded",
+    ),
+    ("GET", "/sessions", "viewer", "_sessions", "Sessions, running and ended", "Sessions"),
+    ("POST", "/sessions", "operator", "_post_session", "Start a session", "Session"),
+    ("GET", "/sessions/{id}", "viewer", "_session", "One session", "Session"),
+    (
+        "DELETE",
+        "/sessions/{id}",
+        "operator",
+        "_delete_session",
+        "End a session (its own sinks deliver what they hold) and forget it",
+        "Session",
+    ),
     ("GET", "/presets", "viewer", "_presets", "Built-in and configured presets", "Presets"),
+    (
+        "GET",
+        "/discovery",
+        "viewer",
+        "_discovery",
+        "Home Assistant discovery: per MQTT sink the devices announced and their status",
+        "Discovery",
+    ),
     (
         "POST",
         "/devices/{id}/commands",
@@ -260,9 +395,103 @@ class ControlPlane:
 
     async def _patch_sink(self, request: HttpRequest) -> tuple:
         sink = self._named_sink(request)
-        enabled = _enabled_field(request.json())
-        await self.gateway.set_sink_enabled(sink.name, enabled)
-        return json_response(200, sink.stats())
+        body = _object(request.json())
+        if set(body) == {"enabled"}:
+            await self.gateway.set_sink_enabled(sink.name, _enabled_field(body))
+            return json_response(200, sink.stats())
+        try:
+            self.gateway.api.security.authorize(request.principal, "admin")
+        except ApiError as error:
+            key = next(key for key in body if key != "enabled")
+            message = f"{key}: reconfiguring a sink {error.message}"
+            raise ApiError(403, error.code, message) from None
+        if "type" in body and body["type"] != sink.options["type"]:
+            message = f"type: a {sink.options['type']} sink stays one; DELETE it and POST another"
+            raise ApiError(400, "invalid_field", message)
+        merged = {**sink.options, **body}  # null in the body: back to the default
+        options = self._valid_sink(sink.name, merged)
+        return json_response(
+            200, (await self._built(self.gateway.reconfigure_sink, sink.name, options)).stats()
+        )
+
+    async def _post_sink(self, request: HttpRequest) -> tuple:
+        body = dict(_object(request.json()))
+        name = body.pop("name", None)
+        if not isinstance(name, str) or not SINK_NAME.fullmatch(name):
+            got = json.dumps(name)
+            raise ApiError(400, "invalid_field", f"name: expected {NAME_EXPECTED}, got {got}")
+        if name in self.gateway.sinks or self.gateway.sessions.owns_sink(name):
+            raise ApiError(409, "conflict", f"name: a sink named {name!r} exists already")
+        options = self._valid_sink(name, body)
+        sink = await self._built(self.gateway.add_sink, name, options)
+        return json_response(201, sink.stats())
+
+    async def _delete_sink(self, request: HttpRequest) -> tuple:
+        sink = self._named_sink(request)
+        purge = request.query_values("purge")
+        if purge not in ([], ["true"], ["false"]):
+            raise ApiError(400, "invalid_field", "purge: expected true or false")
+        purged = await self.gateway.remove_sink(sink.name, purge == ["true"])
+        return json_response(200, {"name": sink.name, "purged": purged})
+
+    def _valid_sink(self, name: str, table: dict[str, Any]) -> dict[str, Any]:
+        gateway = self.gateway.config["gateway"]
+        try:
+            return validate_sink(name, table, gateway["id"], gateway["data_dir"])
+        except ConfigError as error:
+            raise ApiError(400, "invalid_field", _paths(error.errors, f"sinks.{name}.")) from None
+
+    async def _built(self, change: Any, name: str, options: dict[str, Any]) -> Any:
+        try:
+            return await change(name, options)
+        except ValueError as error:  # the sink's own refusal (a file it cannot open, ...)
+            raise ApiError(400, "invalid_field", str(error)) from None
+
+    async def _reload(self, request: HttpRequest) -> tuple:
+        if self.gateway.config_path is None:
+            message = "this gateway runs on embedded defaults: there is no file to reload"
+            raise ApiError(409, "no_config_file", message)
+        try:
+            summary = await self.gateway.reload_file()
+        except ConfigError as error:
+            raise ApiError(400, "invalid_config", "; ".join(error.errors)) from None
+        except ValueError as error:
+            raise ApiError(400, "invalid_config", str(error)) from None
+        return json_response(200, summary)
+
+    # -- sessions --------------------------------------------------------------------------
+    def _sessions(self, request: HttpRequest) -> tuple:
+        listed = [session.describe() for session in self.gateway.sessions.sessions.values()]
+        return json_response(200, {"sessions": listed})
+
+    def _session(self, request: HttpRequest) -> tuple:
+        return json_response(200, self._named_session(request).describe())
+
+    async def _post_session(self, request: HttpRequest) -> tuple:
+        body = _object(request.json())
+        gateway = self.gateway
+        try:
+            spec = validate_session(body, gateway.config["sinks"], gateway.config["gateway"])
+        except ConfigError as error:
+            raise ApiError(400, "invalid_field", "; ".join(error.errors)) from None
+        try:
+            session = await gateway.sessions.create(spec)
+        except SessionConflict as error:
+            raise ApiError(409, "conflict", str(error)) from None
+        except ValueError as error:  # a sink of its own refused its options
+            raise ApiError(400, "invalid_field", str(error)) from None
+        return json_response(201, session.describe())
+
+    async def _delete_session(self, request: HttpRequest) -> tuple:
+        session = self._named_session(request)
+        await self.gateway.sessions.delete(session.id)
+        return json_response(200, session.describe())
+
+    def _named_session(self, request: HttpRequest) -> Any:
+        session = self.gateway.sessions.sessions.get(request.params["id"])
+        if session is None:
+            raise ApiError(404, "not_found", f"id: no session {request.params['id']!r}")
+        return session
 
     def _named_sink(self, request: HttpRequest) -> Any:
         name = request.params["name"]
@@ -299,6 +528,14 @@ class ControlPlane:
                 return handler
         raise ApiError(409, "not_connected", f"id: device {device!r} is not connected now")
 
+    def _discovery(self, request: HttpRequest) -> tuple:
+        announced = [
+            {"sink": name, **sink.announcer.describe()}
+            for name, sink in self.gateway.sinks.items()
+            if getattr(sink, "announcer", None) is not None
+        ]
+        return json_response(200, {"sinks": announced})
+
     def _presets(self, request: HttpRequest) -> tuple:
         return json_response(200, {"presets": presets.available(self.gateway.config)})
 
@@ -314,14 +551,19 @@ class ControlPlane:
         return json_response(200, openapi())
 
 
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or not body:
+        raise ApiError(400, "invalid_field", "body: expected a JSON object with keys")
+    return body
+
+
+def _paths(errors: list[str], prefix: str) -> str:
+    """Config errors in the body's terms: "targets: …" rather than "sinks.x.targets: …"."""
+    return "; ".join(error.removeprefix(prefix) for error in errors)
+
+
 def _enabled_field(body: dict[str, Any]) -> bool:
-    """The one key PATCH /sinks/{name} takes; a 400 naming any other."""
-    for key in body:
-        if key != "enabled":
-            message = f"{key}: cannot be changed at runtime (only enabled can)"
-            raise ApiError(400, "invalid_field", message)
-    if "enabled" not in body:
-        raise ApiError(400, "invalid_field", "enabled: required, true or false")
+    """PATCH /sinks/{name} with only `enabled`: a 400 when it is not true or false."""
     if not isinstance(body["enabled"], bool):
         got = json.dumps(body["enabled"])
         raise ApiError(400, "invalid_field", f"enabled: expected true or false, got {got}")
@@ -368,12 +610,12 @@ def openapi() -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": body}},
             }
-        parameters = re.findall(r"\{(\w+)\}", path)
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in re.findall(r"\{(\w+)\}", path)
+        ] + QUERY_PARAMETERS.get((method, path), [])
         if parameters:
-            operation["parameters"] = [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                for name in parameters
-            ]
+            operation["parameters"] = parameters
         paths.setdefault(PREFIX + path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -394,14 +636,39 @@ def openapi() -> dict[str, Any]:
     }
 
 
+CREATED = {("POST", "/sinks"), ("POST", "/sessions")}
+QUERY_PARAMETERS = {
+    ("DELETE", "/sinks/{name}"): [
+        {"name": "purge", "in": "query", "required": False, "schema": {"enum": ["true", "false"]}}
+    ],
+}
+_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+_EXTRA_ANSWERS = {
+    ("POST", "/sinks"): {
+        "409": {"description": "A sink of that name exists", "content": _ERROR},
+    },
+    ("POST", "/sessions"): {
+        "409": {"description": "A running session or a sink has that name", "content": _ERROR},
+    },
+    ("DELETE", "/sinks/{name}"): {
+        "400": {"description": "purge is neither true nor false", "content": _ERROR},
+    },
+    ("POST", "/config/reload"): {
+        "400": {"description": "The file is refused, with every error", "content": _ERROR},
+        "409": {"description": "The gateway was started without a file", "content": _ERROR},
+    },
+}
+
+
 def _responses(method: str, path: str, response: str) -> dict[str, Any]:
-    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    error = _ERROR
     if response in SCHEMAS or response == "OpenAPI":
         content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{response}"}}}
     else:
         content = {response.split(";")[0]: {"schema": {"type": "string"}}}
+    success = "201" if (method, path) in CREATED else "200"
     responses = {
-        "200": {"description": "OK", "content": content},
+        success: {"description": "Created" if success == "201" else "OK", "content": content},
         "401": {"description": "No token, or not a valid one", "content": error},
         "403": {
             "description": "The role is too low, or a remote caller while no token is set",
@@ -417,7 +684,10 @@ def _responses(method: str, path: str, response: str) -> dict[str, Any]:
         responses["503"] = {"description": "Not ready", "content": content}
     if "{name}" in path:
         responses["404"] = {"description": "No such sink", "content": error}
-    if "{id}" in path:
+    responses.update(_EXTRA_ANSWERS.get((method, path), {}))
+    if path.startswith("/sessions/"):
+        responses["404"] = {"description": "No session of that id", "content": error}
+    if path.startswith("/devices/"):
         responses.update(
             {
                 "404": {"description": "No COBS device of that id", "content": error},

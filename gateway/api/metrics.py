@@ -9,7 +9,12 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.core.breaker import CLOSED, HALF_OPEN, OPEN
@@ -30,6 +35,7 @@ class GatewayCollector:
         stats = self.gateway.stats()
         yield from _source_metrics(stats["sources"])
         yield from _sink_metrics(stats["sinks"])
+        yield _latency_metric(self.gateway.sinks)
         yield from _state_metrics(stats["store"], stats["sequences"])
 
 
@@ -119,6 +125,19 @@ def _sink_metrics(sinks: dict[str, dict[str, Any]]) -> Iterator[Metric]:
             breaker.add_metric([name, state], 1 if sink["breaker"]["state"] == state else 0)
         connected.add_metric([name], 1 if sink.get("connected") else 0)
     return delivered, dropped, depth, size, breaker, connected
+
+
+def _latency_metric(sinks: dict[str, Any]) -> Metric:
+    latency = HistogramMetricFamily(
+        "gateway_sink_delivery_latency_seconds",
+        "From a reading's receipt to its sink confirming it, observed once per confirmed "
+        "batch with its oldest reading",
+        labels=["sink"],
+    )
+    for name, sink in sinks.items():
+        histogram = sink.latency
+        latency.add_metric([name], histogram.cumulative(), histogram.sum)
+    return latency
 
 
 def _drops(sink: dict[str, Any]) -> dict[str, int]:

@@ -10,7 +10,7 @@ import ssl
 import time
 from typing import Any, Callable, Mapping
 
-from gateway.config.schema import RATE_LIMIT_DEFAULTS, exposure_problem, is_loopback
+from gateway.config.api_schema import RATE_LIMIT_DEFAULTS, exposure_problem, is_loopback
 from gateway.core.ratelimit import Buckets
 
 ROLES = ("viewer", "operator", "admin")  # each may do everything the roles before it may

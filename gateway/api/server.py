@@ -3,6 +3,7 @@
 It knows nothing of the gateway: routes and WebSocket paths are registered by whoever serves
 them (the control plane, the WebSocket sink). Every request passes the same gate first:
 rate limit per client address, bearer token, role, rate limit per token (gateway.api.security).
+Pages (the dashboard at /, gateway.api.dashboard) pass it without a token.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, unquote
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from gateway.api import dashboard
 from gateway.api.security import ApiError, Principal, Security
 
 log = logging.getLogger("gateway.api")
@@ -32,6 +34,7 @@ HttpHandler = Callable[["HttpRequest"], Union[HttpResponse, Awaitable[HttpRespon
 WebSocketHandler = Callable[[web.WebSocketResponse, "HttpRequest"], Awaitable[None]]
 # Called before a WebSocket handshake is accepted: None accepts, an HttpResponse refuses.
 WebSocketCheck = Callable[["HttpRequest"], Optional[tuple]]
+PageHandler = Callable[["HttpRequest"], tuple]
 
 
 class HttpRequest:
@@ -150,8 +153,14 @@ class ApiServer:
         self._websockets: dict[str, _WebSocketPath] = {}
         self._open_websockets: set[web.WebSocketResponse] = set()
         self._query_token_paths: set[str] = set()
+        self._pages: dict[str, PageHandler] = {}
         self._runner: web.AppRunner | None = None
         self.add_http("GET", "/api/v1/health", lambda request: json_response(200, {"status": "ok"}))
+        dashboard.install(self)
+
+    def use_security(self, security: Security) -> None:
+        """New tokens and rate limits (a config reload); the listener and TLS stay."""
+        self.security = security
 
     @property
     def scheme(self) -> str:
@@ -177,6 +186,17 @@ class ApiServer:
 
     def remove_websocket(self, path: str) -> None:
         self._websockets.pop(path, None)
+
+    def add_page(self, path: str, handler: PageHandler) -> None:
+        """Serve GET `path` with handler(request) to anyone this listener serves at all: no
+        token needed (the address's rate limit and local-only still apply). Not an API route."""
+        self._pages[path] = handler
+
+    def live_paths(self) -> dict[str, list[str]]:
+        """The live feeds served here: event streams (GET routes that take ?access_token=)
+        and WebSocket paths."""
+        streams = {r.pattern for r in self._routes if r.method == "GET"} & self._query_token_paths
+        return {"sse": sorted(streams), "websocket": sorted(self._websockets)}
 
     def allow_query_token(self, path: str) -> None:
         """Let callers of `path` present their token as ?access_token= (EventSource at /sse
@@ -222,8 +242,11 @@ class ApiServer:
             remote=native.remote or "",
         )
         request.native = native
+        page = self._pages.get(request.path)
         websocket = self._websockets.get(request.path)
         try:
+            if page is not None:
+                return _to_response(self._serve_page(page, request))
             # Who is asking comes first: a body is read only for a caller let in.
             query_token = websocket is not None or request.path in self._query_token_paths
             request.principal = self.security.admit(request, query_token)
@@ -233,6 +256,19 @@ class ApiServer:
             return _to_response(await self._answer_http(request))
         except ApiError as error:
             return _to_response(_error(error))
+
+    def _serve_page(self, page: PageHandler, request: HttpRequest) -> tuple:
+        # The browser fetches a page before it can hold a token: a 401 does not stop it.
+        # What the page then asks of the API is gated as every request is.
+        try:
+            self.security.admit(request)
+        except ApiError as error:
+            if error.status != 401:
+                raise
+        if request.method not in ("GET", "HEAD"):
+            message = f"{request.method} is not allowed on {request.path}"
+            return error_response(405, "method_not_allowed", message, Allow="GET, HEAD")
+        return page(request)
 
     async def _answer_http(self, request: HttpRequest) -> HttpResponse:
         allowed = []

@@ -8,7 +8,9 @@ import sys
 from typing import Any, Mapping
 
 from gateway.config import presets
-from gateway.config.schema import ConfigError, Report, join, normalize, sink_options
+from gateway.config.report import ConfigError, Report, join
+from gateway.config.schema import normalize
+from gateway.config.sinks_schema import sink_options
 from gateway.config.substitution import substitute
 
 if sys.version_info >= (3, 11):

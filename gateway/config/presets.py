@@ -8,14 +8,13 @@ import sys
 from importlib import resources
 from typing import Any, Mapping
 
-from gateway.config.schema import ConfigError, Report, alternatives, did_you_mean, join, preset
+from gateway.config.presets_schema import BUILTIN_NAMES, preset
+from gateway.config.report import ConfigError, Report, alternatives, did_you_mean, join
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on Python < 3.11
     import tomli as tomllib
-
-BUILTIN_NAMES = ("basic", "realtime", "iot", "research", "high_throughput")
 
 # What a preset chain starts from before its root preset applies.
 _ROOT = {

@@ -6,8 +6,18 @@ MAX_BLOCK = 254  # data bytes one code byte can cover (code 0xFF)
 # one, 515 bytes. protocol.MAX_ENCODED is the same number; this module cannot import it.
 DEFAULT_MAX_ENCODED = 512 + 1 + 512 // MAX_BLOCK
 
-# One-byte bytes objects by value, so encoding does not build them per block.
-_CODE = [bytes((value,)) for value in range(256)]
+# One-byte bytes objects by value, so encoding does not build them per block on CPython.
+# MicroPython builds them as needed: the table would cost a board about 10 KB of heap.
+_SMALL_HEAP = __import__("sys").implementation.name == "micropython"
+if _SMALL_HEAP:
+
+    class _Codes:
+        def __getitem__(self, value):
+            return bytes((value,))
+
+    _CODE = _Codes()
+else:
+    _CODE = [bytes((value,)) for value in range(256)]
 
 
 class CobsError(ValueError):
@@ -16,6 +26,8 @@ class CobsError(ValueError):
 
 def encode(data):
     """The COBS encoding of data (no zero byte in it), without the 0x00 delimiter."""
+    if _SMALL_HEAP:
+        return _encode_in_place(data)
     pieces = bytes(data).split(DELIMITER)
     last = len(pieces) - 1
     out = []
@@ -34,6 +46,39 @@ def encode(data):
         out.append(_CODE[size - start + 1])
         out.append(piece[start:])
     return b"".join(out)
+
+
+def _encode_in_place(data):
+    """encode() for MicroPython: one output buffer, no list of pieces. Float data is full
+    of zero bytes, and the pieces of a 512-byte frame would need a 2 KB list at once."""
+    data = bytes(data)
+    out = bytearray(len(data) + len(data) // MAX_BLOCK + 2)
+    code_at = 0  # where the current block's code byte goes
+    write = 1
+    code = 1
+    after_full = False  # the last block closed was a full one (code 0xFF)
+    for byte in data:
+        after_full = False
+        if byte == 0:
+            out[code_at] = code
+            code_at = write
+            write += 1
+            code = 1
+            continue
+        out[write] = byte
+        write += 1
+        code += 1
+        if code == 0xFF:
+            out[code_at] = code
+            code_at = write
+            write += 1
+            code = 1
+            after_full = True
+    if after_full and data:
+        write = code_at  # a full block at the very end needs no code byte after it
+    else:
+        out[code_at] = code
+    return bytes(out[:write])
 
 
 def decode(data):
@@ -111,6 +156,8 @@ class FrameSplitter:
         if DELIMITER not in chunk:
             self._keep(chunk, frames)
             return frames
+        if _SMALL_HEAP:
+            return self._feed_scanning(chunk, frames)
         parts = chunk.split(DELIMITER)
         head = parts[0]
         if self._discarding:
@@ -121,6 +168,25 @@ class FrameSplitter:
         for index in range(1, len(parts) - 1):
             self._take(parts[index], frames)
         self._keep(parts[-1], frames)
+        return frames
+
+    def _feed_scanning(self, chunk, frames):
+        """feed() for MicroPython: the frames found one by one, no list of every piece."""
+        end = chunk.find(DELIMITER)
+        head = chunk[:end]
+        if self._discarding:
+            self._discarding = False
+        else:
+            self._take(self._pending + head if self._pending else head, frames)
+        self._pending = b""
+        start = end + 1
+        while True:
+            end = chunk.find(DELIMITER, start)
+            if end < 0:
+                break
+            self._take(chunk[start:end], frames)
+            start = end + 1
+        self._keep(chunk[start:], frames)
         return frames
 
     def _take(self, frame, frames):

@@ -4,7 +4,6 @@ import json
 import re
 import sys
 
-from gateway.core.nmea import nmea_parser
 from gateway.core.parse_errors import ParseError, Skipped, clip
 
 FORMATS = ("json", "csv", "kv", "nmea", "regex")
@@ -37,23 +36,29 @@ def make_parser(
     sentences=None,
     header=False,
     decimal=".",
+    types=None,
 ):
     """Return parse(line) -> dict for a line format; raise ValueError for a bad configuration.
 
     parse raises ParseError for a bad line and Skipped (a ParseError) for a good line that
     gives no reading: an NMEA sentence not picked by sentences, a CSV header line. delimiter
     None means the format's default (csv: "," or ";" with decimal ","; kv: "," and ";").
+    types {field: "number" | "integer" | "string" | "bool"} (a validate step's declarations)
+    says how csv, kv and regex turn a field's text into a value; other fields are guessed.
     """
     if format == "json":
         body = _parse_json
     elif format == "csv":
-        body = _csv_parser(fields, delimiter, header, decimal or ".")
+        body = _csv_parser(fields, delimiter, header, decimal or ".", types)
     elif format == "kv":
-        body = _kv_parser(delimiter)
+        body = _kv_parser(delimiter, _converters(types, to_value))
     elif format == "nmea":
+        # Imported when asked for: the NMEA tables cost a board about 24 KB of heap.
+        from gateway.core.nmea import nmea_parser
+
         body = nmea_parser(sentences)
     elif format == "regex":
-        body = _regex_parser(pattern)
+        body = _regex_parser(pattern, _converters(types, to_value))
     else:
         raise ValueError(
             "unknown format {!r}, expected one of {}".format(format, ", ".join(FORMATS))
@@ -106,6 +111,48 @@ def _decode(line):
         raise ParseError("invalid UTF-8") from None
 
 
+# -- declared types ---------------------------------------------------------------------------
+
+
+def _as_string(text):
+    return text or None
+
+
+def _as_integer(text):
+    """ "7", "-3", "007" as int; anything else stays text, for validate to name."""
+    digits = text[1:] if text[:1] == "-" or text[:1] == "+" else text
+    if not digits:
+        return text or None
+    for char in digits:
+        if char not in "0123456789":
+            return text
+    return int(text)
+
+
+_BOOLS = {"true": True, "1": True, "false": False, "0": False}
+
+
+def _as_bool(text):
+    """true/false (any case) and 1/0; anything else stays text, for validate to name."""
+    if not text:
+        return None
+    value = _BOOLS.get(text.lower())
+    return text if value is None else value
+
+
+def _converters(types, number):
+    """{field: text -> value} for the declared fields, or None when none is declared."""
+    if not types:
+        return None
+    by_type = {"number": number, "integer": _as_integer, "string": _as_string, "bool": _as_bool}
+    converters = {}
+    for name in types:
+        if types[name] not in by_type:
+            raise ValueError(f"unknown type {types[name]!r} for field {name!r}")
+        converters[name] = by_type[types[name]]
+    return converters
+
+
 # -- json -------------------------------------------------------------------------------------
 
 
@@ -154,7 +201,7 @@ def _short(error):
 # -- csv --------------------------------------------------------------------------------------
 
 
-def _csv_parser(fields, delimiter, header, decimal):
+def _csv_parser(fields, delimiter, header, decimal, types=None):
     if decimal not in (".", ","):
         raise ValueError(f"csv decimal must be '.' or ',', got {decimal!r}")
     if delimiter is None:
@@ -167,6 +214,7 @@ def _csv_parser(fields, delimiter, header, decimal):
         raise ValueError("csv format needs fields (the column names) or header = true")
     convert = _comma_value if decimal == "," else to_value
     columns = _CsvColumns(list(fields) if fields else None, header, convert)
+    typed = _converters(types, convert)
 
     def parse_csv(line):
         cells = _split_quoted(line, delimiter) if '"' in line else line.split(delimiter)
@@ -175,8 +223,12 @@ def _csv_parser(fields, delimiter, header, decimal):
         if len(cells) != len(names):
             raise ParseError(f"expected {len(names)} CSV columns, got {len(cells)}")
         data = {}
+        if typed is None:
+            for name, cell in zip(names, cells):
+                data[name] = convert(cell)
+            return data
         for name, cell in zip(names, cells):
-            data[name] = convert(cell)
+            data[name] = typed.get(name, convert)(cell)
         return data
 
     return parse_csv
@@ -286,7 +338,7 @@ _ASSIGN = "=:"
 _QUOTES = "\"'"
 
 
-def _kv_parser(delimiter):
+def _kv_parser(delimiter, typed=None):
     if delimiter is None:
         delimiters = _KV_DELIMITERS
     elif not delimiter:
@@ -297,10 +349,10 @@ def _kv_parser(delimiter):
     fast = all(not _has_any(d, _ASSIGN + _QUOTES) for d in delimiters)
 
     def parse_kv(line):
-        data = _kv_simple(line, delimiters, stray) if fast else None
+        data = _kv_simple(line, delimiters, stray, typed) if fast else None
         if data is not None:
             return data
-        scan = _KvScan(line, delimiters, stray)
+        scan = _KvScan(line, delimiters, stray, typed)
         data = {}
         while scan.next_pair():
             key, value = scan.pair()
@@ -316,7 +368,7 @@ def _has_any(text, chars):
     return any(char in text for char in chars)
 
 
-def _kv_simple(line, delimiters, stray):
+def _kv_simple(line, delimiters, stray, typed=None):
     """The common line ("t=21.5 h=40", "temp:21.5,hum:40") split at once, 5x faster than
     the scanner; None when the line needs the scanner (quotes, spaces around '=' or ':',
     anything doubtful), which then gives the same reading or says what is wrong."""
@@ -339,18 +391,20 @@ def _kv_simple(line, delimiters, stray):
         value = token[split + 1 :]
         if stray and _has_any(value, stray) and _has_any(value, _ASSIGN):
             return None
-        data[token[:split]] = to_value(value)
+        key = token[:split]
+        data[key] = to_value(value) if typed is None else typed.get(key, to_value)(value)
     return data
 
 
 class _KvScan:
     """Reads key=value or label:value pairs left to right; spaces may surround '=' or ':'."""
 
-    def __init__(self, line, delimiters, stray):
+    def __init__(self, line, delimiters, stray, typed=None):
         self.line = line
         self.end = len(line)
         self.delimiters = delimiters
         self.stray = stray
+        self.typed = typed or {}
         self.i = 0
 
     def next_pair(self):
@@ -391,7 +445,7 @@ class _KvScan:
         text = self.line[i:end]
         self.i = end
         self._check_unambiguous(key, text)
-        return to_value(text)
+        return self.typed.get(key, to_value)(text)
 
     def _quoted(self, key, i):
         quote = self.line[i]
@@ -462,7 +516,7 @@ class _KvScan:
 # -- regex ------------------------------------------------------------------------------------
 
 
-def _regex_parser(pattern):
+def _regex_parser(pattern, typed=None):
     if not pattern:
         raise ValueError("regex format needs a pattern")
     plain, groups = translate_named_groups(pattern)
@@ -481,7 +535,8 @@ def _regex_parser(pattern):
         data = {}
         for index, name in groups:
             text = match.group(index)
-            data[name] = None if text is None else to_value(text.strip())
+            convert = typed.get(name, to_value) if typed else to_value
+            data[name] = None if text is None else convert(text.strip())
         return data
 
     return parse_regex

@@ -7,6 +7,7 @@ from gateway.core.steps import (
     STEP_PARAMETERS,
     WINDOW_FUNCTIONS,
     check_step,
+    declared_types,
 )
 from gateway.core.units import UNITS
 
@@ -18,6 +19,7 @@ __all__ = [
     "WINDOW_FUNCTIONS",
     "Pipeline",
     "check_step",
+    "declared_types",
 ]
 
 

@@ -2,6 +2,7 @@
 
 import json
 import struct
+import sys
 
 from gateway.core import cobs
 
@@ -86,6 +87,7 @@ _HEADER = "<BBBH"
 _CRC = "<I"
 _RECORD = "<BIB"  # DATA record head: stream index, dts, count
 _RECORD_SIZE = 6
+_SMALL_HEAP = sys.implementation.name == "micropython"  # build payloads without piece lists
 
 
 class ProtocolError(ValueError):
@@ -410,6 +412,8 @@ def data_payload(records):
     """DATA payload from [(stream_index, dts, [values...]), ...]; dts wraps at 2**32."""
     if not records:
         raise ValueError("a DATA frame carries at least one record")
+    if _SMALL_HEAP:
+        return _data_payload_in_place(records)
     parts = []
     for stream, dts, values in records:
         if not 0 <= stream <= 255:
@@ -423,6 +427,31 @@ def data_payload(records):
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"DATA payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
     return payload
+
+
+def _data_payload_in_place(records):
+    """data_payload() for MicroPython: packed into one buffer, not joined from a list of
+    pieces (two small objects per record), which a board's small heap may not have."""
+    size = 0
+    for stream, _dts, values in records:
+        if not 0 <= stream <= 255:
+            raise ValueError(f"stream index {stream!r} is outside 0..255")
+        count = len(values)
+        if count > 255:
+            raise ValueError(f"{count} values in one record, at most 255")
+        size += _RECORD_SIZE + 4 * count
+    if size > MAX_PAYLOAD:
+        raise ValueError(f"DATA payload of {size} bytes exceeds {MAX_PAYLOAD}")
+    payload = bytearray(size)
+    offset = 0
+    for stream, dts, values in records:
+        count = len(values)
+        struct.pack_into(_RECORD, payload, offset, stream, dts & 0xFFFFFFFF, count)
+        offset += _RECORD_SIZE
+        for value in values:
+            struct.pack_into("<f", payload, offset, value)
+            offset += 4
+    return bytes(payload)
 
 
 def parse_data(payload):

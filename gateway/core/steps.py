@@ -346,6 +346,21 @@ class Validate:
         return reading
 
 
+def declared_types(step_specs):
+    """{field: type} declared by the validate steps a pipeline starts with: they see the
+    fields as parsed, so a text format's parser can convert those fields to their types.
+    A validate step after another step judges transformed data and declares nothing here."""
+    types = {}
+    for spec in step_specs or ():
+        if spec.get("op") != "validate":
+            break
+        for name, rule in spec.get("fields", {}).items():
+            kind = rule.get("type") if isinstance(rule, dict) else None
+            if kind is not None and name not in types:
+                types[name] = kind
+    return types
+
+
 class Rename:
     """Give fields new names; all renames of one step happen at once, so a swap works."""
 

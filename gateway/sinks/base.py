@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator
 from gateway.core.backoff import Backoff
 from gateway.core.bounds import DEFAULT_QUEUE_SIZE
 from gateway.core.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+from gateway.sinks.latency import LatencyHistogram
 from gateway.store.queues import MemoryQueue
 from gateway.throttled_log import ThrottledLog
 
@@ -18,7 +19,7 @@ log = logging.getLogger("gateway.sinks")
 
 # One routed item: the reading (the DESIGN §3 envelope, a plain dict) and the resolved route
 # options for this sink: {"topic": str template, "qos": int, "retain": bool,
-# "encoding": "json"|"msgpack"|"cbor", "batch": {"max_readings": int, "max_delay": float} | None}.
+# "encoding": "json"|"msgpack"|"cbor", "batch": {"max_readings": int} | None}.
 Item = tuple
 
 
@@ -108,6 +109,7 @@ class Sink:
         self.last_error: str | None = None
         self.counters = collections.Counter()
         self.offered = 0
+        self.latency = LatencyHistogram()
         self._wakeup = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self.queue: Any = MemoryQueue(self.capacity, self.overflow, notify=self._wakeup.set)
@@ -129,6 +131,18 @@ class Sink:
         """Take the queue the app built for this sink's buffering policy (before run())."""
         queue.notify = self._wakeup.set
         self.queue = queue
+
+    def take_over(self, old: Sink) -> None:
+        """Continue where `old` (the same sink before a reconfiguration, its sender ended)
+        stopped: its queue with everything buffered, and its counters."""
+        self.use_queue(old.queue)
+        self.counters = old.counters
+        self.offered = old.offered
+        self.latency = old.latency
+
+    def mark_disabled(self) -> None:
+        """Built disabled (reconfigured while disabled): enable() starts its sender."""
+        self._disabled = True
 
     def offer(self, reading: dict, route: dict) -> bool:
         """Queue one reading without blocking.
@@ -294,6 +308,7 @@ class Sink:
                 raise
             queue.release(True)
             counters["delivered"] += len(batch)
+            self.latency.observe_since(batch[0][0].get("ts"))
             if self._troubled:
                 self._succeeded()
 

@@ -131,17 +131,20 @@ class Announcer:
         self._task: asyncio.Task | None = None
 
     # -- from the app and the sink -------------------------------------------------------------
-    def watch(self, device: str, model: str) -> None:
-        """Announce this device's fields as its readings come; publish its status."""
-        self.devices[device] = {"model": model}
+    def watch(self, device: str, model: str, discover: bool = True) -> None:
+        """Publish this device's status and, when `discover` (its preset says discovery =
+        true), announce its fields to Home Assistant as its readings come."""
+        self.devices[device] = {"model": model, "discover": discover}
         self.link.setdefault(device, False)
 
     def seen(self, reading: dict, state_topic: str | None) -> None:
+        """A reading of a watched device: it is alive; `state_topic` (None: the device is
+        not announced, or its readings cannot be read there) announces new fields."""
         device = reading.get("device")
         if device not in self.devices:
             return
         self.last_seen[device] = time.monotonic()
-        if state_topic is None:
+        if state_topic is None or not self.devices[device]["discover"]:
             return
         key = (device, reading.get("stream"))
         data = reading.get("data") or {}
@@ -185,6 +188,7 @@ class Announcer:
             self.pending[self._status_topic(device)] = b""
             self.counters["removed"] += len(topics)
         self._earlier = {}
+        self._save_state()  # every watched device, so a later run can remove what leaves
         self._wakeup.set()
 
     def message(self, topic: str, payload: bytes) -> None:
@@ -194,6 +198,21 @@ class Announcer:
             self.pending.update(self.configs)
             self.status.clear()
             self._wakeup.set()
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /api/v1/discovery shows: per device its status and config topics."""
+        devices = [
+            {
+                "device": device,
+                "model": details["model"],
+                "discovery": details["discover"],
+                "link": self.link.get(device, False),
+                "status": self.status.get(device),
+                "configs": sorted(self.by_device.get(device, ())),
+            }
+            for device, details in self.devices.items()
+        ]
+        return {"prefix": self.prefix, "devices": devices, "counters": dict(self.counters)}
 
     # -- the task ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -298,7 +317,8 @@ class Announcer:
     def _save_state(self) -> None:
         if not self.state_path:
             return
-        devices = {device: sorted(topics) for device, topics in self.by_device.items()}
+        watched = dict.fromkeys([*self.devices, *self.by_device])
+        devices = {device: sorted(self.by_device.get(device, ())) for device in watched}
         partial = self.state_path + ".tmp"
         try:
             with open(partial, "w", encoding="utf-8") as file:

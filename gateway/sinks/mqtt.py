@@ -10,10 +10,12 @@ import logging
 import os
 import socket
 import ssl
-from typing import Any, Callable
-from urllib.parse import unquote, urlsplit
+import time
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 from gateway.core import compat, mqtt
+from gateway.core.breaker import OPEN, Breaker
 from gateway.core.mqtt_session import (
     CONNECTED,
     LOST,
@@ -40,10 +42,14 @@ DEFAULT_MAX_INFLIGHT = 1000
 # keeps each unacknowledged packet for its resend).
 MAX_INFLIGHT_BYTES = 1024 * 1024
 FLUSH_EVERY = 64  # messages encoded between writes, so the broker works while we encode
+# While connected to a broker later in `urls`, the earlier ones are probed every breaker
+# reset_after, but not more often than this.
+MIN_RETURN_PROBE_INTERVAL = 1.0
 
 
-def parse_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
-    """(host, port, tls, username, password) from mqtt://[user:pass@]host[:port] or mqtts://."""
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) from mqtt://host[:port] or mqtts://host[:port]; credentials are the
+    sink's username and password (the config refuses them in a URL, where logs show it)."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ValueError(f"url: expected mqtt://host:port or mqtts://host:port, got {url!r}")
@@ -51,9 +57,20 @@ def parse_url(url: str) -> tuple[str, int, bool, str | None, str | None]:
     if not parts.hostname:
         raise ValueError(f"url: {url!r} names no host")
     port = parts.port or (8883 if tls else 1883)
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    return parts.hostname, port, tls, username, password
+    return parts.hostname, port, tls
+
+
+class Endpoint:
+    """One broker of the sink's `urls`, with a breaker of its own for failover."""
+
+    def __init__(self, url: str, breaker: Breaker):
+        self.url = url
+        self.host, self.port, self.tls = parse_url(url)
+        self.breaker = breaker
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
 
 
 def tls_context(options: dict[str, Any]) -> ssl.SSLContext:
@@ -238,34 +255,30 @@ class MqttSink(Sink):
 
     def __init__(self, name: str, options: dict[str, Any], gateway_id: str):
         super().__init__(name, options, gateway_id)
-        url = options.get("url") or DEFAULT_URL
+        self.endpoints = self._endpoints(options)
+        self.endpoint = self.endpoints[0]  # the one connected to, or tried last
         try:
-            self.host, self.port, self.tls, url_user, url_password = parse_url(url)
-        except ValueError as error:
-            raise ValueError(f"sinks.{name}.{error}") from None
-        try:
-            self._tls_context = tls_context(options) if self.tls else None
+            tls = any(endpoint.tls for endpoint in self.endpoints)
+            self._tls_context = tls_context(options) if tls else None
         except (OSError, ssl.SSLError) as error:
             raise ValueError(
                 f"sinks.{name}: cannot load the TLS ca/cert/key files: {error}"
             ) from None
         template = options.get("client_id") or DEFAULT_CLIENT_ID
         self.client_id = template.replace("{gateway}", gateway_id).replace("{sink}", name)
-        self.username = options.get("username") or url_user
-        self.password = options.get("password") or url_password
+        self.username = options.get("username")
+        self.password = options.get("password")
         self.keepalive = float(options.get("keepalive", 30.0))
         # A PUBACK is the answer to a send: the base's send_timeout bounds the wait too.
-        self.ack_timeout = float(options.get("ack_timeout") or max(self.keepalive, 10.0))
+        self.ack_timeout = max(self.keepalive, 10.0)
         if self.send_timeout > 0:
             self.ack_timeout = min(self.ack_timeout, self.send_timeout)
-        self.connect_timeout = float(options.get("connect_timeout") or CONNACK_TIMEOUT)
+        self.connect_timeout = CONNACK_TIMEOUT
         self.max_inflight = min(
             mqtt.MAX_PACKET_ID, max(1, int(options.get("max_inflight") or DEFAULT_MAX_INFLIGHT))
         )
         self.availability = bool(options.get("availability", True))
-        self.status_topic = (options.get("status_topic") or STATUS_TOPIC).replace(
-            "{gateway}", gateway_id
-        )
+        self.status_topic = STATUS_TOPIC.replace("{gateway}", gateway_id)
         try:
             mqtt.encode_topic(self.status_topic)
         except ValueError as error:
@@ -283,7 +296,7 @@ class MqttSink(Sink):
             _max_readings(options.get("batch")),
         )
         self.session = self._new_session()
-        for counter in ("published", "acked", "resent", "sent_qos0"):
+        for counter in ("published", "acked", "resent", "sent_qos0", "failovers"):
             self.counters[counter] = 0
         self._settings_cache: dict[tuple, _Settings] = {}
         self._route_errors: set[str] = set()
@@ -298,11 +311,34 @@ class MqttSink(Sink):
         # The readings taken from the queue and not yet confirmed to it; the messages made
         # from them that still wait for room in the window are in _unsent.
         self._out = _Outstanding()
+        # Per taken batch not yet confirmed whole: (its first number, its oldest reading's ts).
+        self._batches: collections.deque = collections.deque()
         self._unsent: collections.deque = collections.deque()
         self._taking: asyncio.Future | None = None  # the take from the queue under way
         self._take_error: BaseException | None = None
         self._qos0_written: list[Any] = []
         self.announcer: Any = None  # discovery and device statuses: see watch_device()
+        self._return_probe: asyncio.Task | None = None  # connected to a later url: see there
+        self._preferred_up = False  # an earlier url answers again: move back to it
+        self._left: Endpoint | None = None  # the broker whose connection died under us
+        self._last_connected: Endpoint | None = None
+
+    def _endpoints(self, options: dict[str, Any]) -> list[Endpoint]:
+        """`urls` (failover, in order of preference) or the one `url`; a breaker each."""
+        urls = list(options.get("urls") or [options.get("url") or DEFAULT_URL])
+        breaker = options.get("breaker") or {}
+        endpoints = []
+        for index, url in enumerate(urls):
+            key = f"urls[{index}]" if options.get("urls") else "url"
+            try:
+                endpoint = Endpoint(
+                    url, Breaker(breaker.get("failures"), float(breaker.get("reset_after", 30.0)))
+                )
+            except ValueError as error:
+                message = str(error).removeprefix("url: ")
+                raise ValueError(f"sinks.{self.name}.{key}: {message}") from None
+            endpoints.append(endpoint)
+        return endpoints
 
     def _new_session(self) -> MqttSession:
         will = {}
@@ -328,10 +364,153 @@ class MqttSink(Sink):
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.endpoint.address
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.host
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    @property
+    def tls(self) -> bool:
+        return self.endpoint.tls
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "broker": self.endpoint.url}
 
     # -- connection ------------------------------------------------------------------------
     async def open(self) -> None:
+        """Connect to the first broker of `urls` that answers, skipping those whose breaker
+        is open while another one is left to try."""
+        if len(self.endpoints) == 1:
+            await self._open_endpoint(self.endpoints[0])
+            return
+        errors: list[SinkError] = []
+        for endpoint in self._candidates():
+            try:
+                await self._open_endpoint(endpoint)
+            except SinkError as error:
+                endpoint.breaker.failure()
+                errors.append(error)
+                if self._deadline is not None:  # each broker gets the whole send_timeout
+                    self._deadline = self._loop_time() + self.send_timeout
+                continue
+            endpoint.breaker.success()
+            self._left = None
+            if self._last_connected not in (None, endpoint):
+                self.counters["failovers"] += 1  # moved to another broker
+            self._last_connected = endpoint
+            self._watch_preferred()
+            return
+        refused = all(isinstance(error, ConnectRefused) for error in errors)
+        summary = "; ".join(str(error) for error in errors)
+        kind = ConnectRefused if refused else SinkError
+        raise kind(f"no MQTT broker of {len(self.endpoints)} answers: {summary}")
+
+    def _candidates(self) -> Iterator[Endpoint]:
+        """The brokers to try: in the order of `urls`, or after the one whose connection
+        died, the next ones first (then round to it). Those whose breaker lets a call
+        through come first (asked one at a time, as each is tried: a half-open breaker lets
+        one probe through); when every breaker is open, all of them, soonest to half-open
+        first: the sink's own breaker and backoff pace a sink that reaches no broker.
+
+        A breaker counts failed connects only: a connection that died was to a broker
+        that answered, and the connect that follows finds out whether it still does."""
+        order = self.endpoints
+        if self._left is not None:
+            start = order.index(self._left) + 1
+            order = order[start:] + order[:start]
+        skipped = []
+        for endpoint in order:
+            if endpoint.breaker.allow():
+                yield endpoint
+            else:
+                skipped.append(endpoint)
+        if len(skipped) == len(self.endpoints):
+            yield from sorted(skipped, key=lambda endpoint: endpoint.breaker.remaining())
+
+    def _watch_preferred(self) -> None:
+        """Connected to a broker later in `urls`: probe the earlier ones."""
+        self._preferred_up = False
+        if self.endpoint is self.endpoints[0] or self._return_probe is not None:
+            return
+        self._return_probe = asyncio.ensure_future(self._probe_earlier())
+
+    async def _probe_earlier(self) -> None:
+        """Every breaker reset_after, try a TCP connect to each broker before the current
+        one whose breaker is not open; once one accepts, the sender moves back to it."""
+        current = self.endpoints.index(self.endpoint)
+        interval = max(MIN_RETURN_PROBE_INTERVAL, self.breaker.reset_after)
+        while True:
+            await asyncio.sleep(interval)
+            for endpoint in self.endpoints[:current]:
+                if endpoint.breaker.state == OPEN:
+                    continue
+                try:
+                    _, writer = await asyncio.wait_for(
+                        asyncio.open_connection(endpoint.host, endpoint.port),
+                        self.connect_timeout,
+                    )
+                except (OSError, asyncio.TimeoutError):
+                    continue
+                writer.close()
+                log.info(
+                    "sink %s: the earlier MQTT broker at %s answers again; moving back to it",
+                    self.name,
+                    endpoint.address,
+                )
+                self._preferred_up = True
+                self._wakeup.set()
+                self._return_probe = None
+                return
+
+    async def _fail_over(self) -> None:
+        """The broker died under a sink with several `urls`: connect to the next at once.
+
+        The loss is counted (failures) but waits for no backoff and opens no breaker: the
+        sink's own breaker and backoff count only an open() that reached no broker at all
+        (raised from here into the sender's failure path). Unacknowledged messages are sent
+        again to the next broker.
+        """
+        self.counters["failures"] += 1
+        self.last_error = f"MQTT connection lost: {self._lost}"
+        self.connected = False
+        self._troubled = True  # the next PUBACK counts as the recovery (breaker, queue)
+        self.queue.sink_failed()  # a spill queue moves what waits in memory to disk
+        await self.close()
+        await self._bounded(self.open(), "connecting")
+        self.connected = True
+        self.last_error = None
+
+    async def _move_back(self) -> None:
+        """An earlier broker answers again: let the in-flight window drain here, leave with
+        DISCONNECT (no last will, no "offline"), and connect anew, trying it first. What was
+        not acknowledged stays in the session and is sent again; the queue keeps the rest."""
+        self._preferred_up = False
+        connection = self._connection
+        await self._drain_window(CLOSE_TIMEOUT * 2)
+        if self._lost is not None or connection is None:
+            return  # lost meanwhile: the sender's failure path reconnects
+        left = self.endpoint.address
+        self.connected = False
+        self.session.disconnect()
+        self._flush()
+        self._end_connection("moving back to an earlier broker")
+        self._connection = None
+        try:
+            await asyncio.wait_for(asyncio.shield(connection.closed), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            if connection.transport is not None:
+                connection.transport.abort()
+        log.info("sink %s: left the MQTT broker at %s for an earlier one", self.name, left)
+        await self.open()  # a SinkError here is a failed attempt like any other
+        self.connected = True
+
+    async def _open_endpoint(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
         connection = await self._connect_transport()
         loop = asyncio.get_running_loop()
         self._connection = connection
@@ -389,10 +568,10 @@ class MqttSink(Sink):
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
                     functools.partial(_Connection, loop),
-                    self.host,
-                    self.port,
-                    ssl=self._tls_context,
-                    server_hostname=self.host if self._tls_context else None,
+                    self.endpoint.host,
+                    self.endpoint.port,
+                    ssl=self._tls_context if self.endpoint.tls else None,
+                    server_hostname=self.endpoint.host if self.endpoint.tls else None,
                 ),
                 self.connect_timeout,
             )
@@ -432,6 +611,7 @@ class MqttSink(Sink):
         """The connection died under us: say so once; the sender reconnects."""
         if self._lost is not None:
             return
+        self._left = self.endpoint  # the next open() tries the brokers after it first
         if self.connected:
             log.warning(
                 "sink %s: lost the MQTT broker at %s (%s); readings are kept queued and retried",
@@ -448,6 +628,9 @@ class MqttSink(Sink):
         """Close the transport; unacknowledged messages stay in the session for the next."""
         self._lost = self._lost or reason
         self.session.connection_lost(compat.ticks_ms())
+        if self._return_probe is not None:
+            self._return_probe.cancel()
+            self._return_probe = None
         self._qos0_written.clear()  # not written after all: the session dropped its output
         if self._timer is not None:
             self._timer.cancel()
@@ -478,12 +661,7 @@ class MqttSink(Sink):
 
     async def _say_goodbye(self, connection: _Connection) -> None:
         """Let the window drain, publish offline, then DISCONNECT (no last will)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(self.ack_timeout, CLOSE_TIMEOUT * 2)
-        while self.session.inflight and self._lost is None and loop.time() < deadline:
-            self._wakeup.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
+        await self._drain_window(CLOSE_TIMEOUT * 2)
         try:
             if self.availability:
                 await asyncio.wait_for(
@@ -496,6 +674,15 @@ class MqttSink(Sink):
             log.info("sink %s: disconnected from MQTT broker at %s", self.name, self.address)
         except (SinkError, OSError, asyncio.TimeoutError) as error:
             log.info("sink %s: closing without a clean goodbye (%s)", self.name, error)
+
+    async def _drain_window(self, seconds: float) -> None:
+        """Wait (at most `seconds`, or ack_timeout) for the PUBACKs of what is in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(self.ack_timeout, seconds)
+        while self.session.inflight and self._lost is None and loop.time() < deadline:
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), deadline - loop.time())
 
     # -- from the broker -------------------------------------------------------------------
     def _on_data(self, data: bytes) -> None:
@@ -541,6 +728,9 @@ class MqttSink(Sink):
         count = self._out.advance()
         if count:
             self.queue.confirm(count)
+            batches, confirmed = self._batches, self._out.base
+            while batches and batches[0][0] <= confirmed:  # every reading of it is confirmed
+                self.latency.observe_since(batches.popleft()[1])
 
     # -- keepalive and acknowledgement deadlines -------------------------------------------
     def _arm_timer(self) -> None:
@@ -594,8 +784,14 @@ class MqttSink(Sink):
         """
         queue = self.queue
         while not self._stopping:
+            if self._lost is not None and len(self.endpoints) > 1:
+                await self._fail_over()
+                continue
             if self._lost is not None:
                 raise SinkError(f"MQTT connection lost: {self._lost}")
+            if self._preferred_up:
+                await self._move_back()
+                continue
             if self._take_error is not None:
                 error, self._take_error = self._take_error, None
                 raise error
@@ -660,6 +856,8 @@ class MqttSink(Sink):
     def _encode(self, items: list[Item]) -> None:
         """Turn taken readings into messages waiting for the window, numbered from _base."""
         first = self._out.add(len(items))
+        if items:
+            self._batches.append((first + len(items), items[0][0].get("ts")))
         dropped: list[int] = []
         self._unsent.extend(self._messages(items, first, dropped))
         if dropped:
@@ -673,13 +871,19 @@ class MqttSink(Sink):
         self._unsent.clear()
         delivered = self._out.through_positions()
         self._out.clear()
+        self._batches.clear()
         if self.queue.out:
             self.queue.give_back(delivered)
 
     # -- Home Assistant discovery and device statuses (gateway.sinks.discovery) -------------
-    def watch_device(self, device: str, model: str, data_dir: str | None) -> None:
-        """Announce this device to Home Assistant and publish its status (the app calls this
-        for devices whose preset says discovery = true)."""
+    def watch_device(
+        self, device: str, model: str, data_dir: str | None, discover: bool = False
+    ) -> None:
+        """Publish this device's status at gw/{gateway}/{device}/status (with availability
+        on) and, when `discover`, announce it to Home Assistant (the app calls this for every
+        device routed here; `discover` when its preset says discovery = true)."""
+        if not (discover or self.availability):
+            return
         if self.announcer is None:
             from gateway.sinks.discovery import Announcer
 
@@ -693,15 +897,22 @@ class MqttSink(Sink):
                 float(self.options.get("device_timeout", 60.0)),
             )
             self.offer = self._offer_watched  # sinks without discovery keep the plain offer
-        self.announcer.watch(device, model)
+        self.announcer.watch(device, model, discover)
 
     def device_link(self, device: str, up: bool) -> None:
         if self.announcer is not None:
             self.announcer.device_link(device, up)
 
     def _offer_watched(self, reading: dict, route: dict) -> bool:
-        if reading.get("device") in self.announcer.devices:
-            self.announcer.seen(reading, self._state_topic(reading, route))
+        announcer = self.announcer
+        device = reading.get("device")
+        details = announcer.devices.get(device)
+        if details is None:
+            pass
+        elif details["discover"]:
+            announcer.seen(reading, self._state_topic(reading, route))
+        else:  # status only: the device is alive (once per reading, so kept to this)
+            announcer.last_seen[device] = time.monotonic()
         return Sink.offer(self, reading, route)
 
     def _state_topic(self, reading: dict, route: dict) -> str | None:

@@ -20,7 +20,9 @@ from gateway.sinks.base import Item, Sink, SinkError
 log = logging.getLogger("gateway.sinks.recorder")
 
 FORMATS = ("jsonl", "csv")
-CSV_COLUMNS = ("gateway", "device", "stream", "seq", "ts", "dts", "data")
+# The envelope's optional fields get a column each, so a CSV recording replays whole:
+# `unsynced` is "true" or empty, `invalid` the failed checks as JSON or empty.
+CSV_COLUMNS = ("gateway", "device", "stream", "seq", "ts", "dts", "data", "invalid", "unsynced")
 SUFFIXES = tuple(f".{fmt}{gz}" for fmt in FORMATS for gz in ("", ".gz"))
 
 
@@ -164,8 +166,12 @@ class RecorderSink(Sink):
 
 
 def _csv_row(reading: dict) -> list:
-    data = orjson.dumps(reading.get("data", {})).decode()
-    return [reading.get(column, "") for column in CSV_COLUMNS[:-1]] + [data]
+    row = [reading.get(column, "") for column in CSV_COLUMNS[:6]]
+    row.append(orjson.dumps(reading.get("data", {})).decode())
+    invalid = reading.get("invalid")
+    row.append(orjson.dumps(invalid).decode() if invalid is not None else "")
+    row.append("true" if reading.get("unsynced") else "")
+    return row
 
 
 def _csv_lines(rows) -> bytes:
@@ -261,4 +267,8 @@ def _csv_reading(header: list[str], row: list[str]) -> dict:
         dts = values["dts"]
         reading["dts"] = float(dts) if "." in dts else int(dts)
     reading["data"] = orjson.loads(values["data"])
+    if values.get("invalid"):  # columns a recording from an older version does not have
+        reading["invalid"] = orjson.loads(values["invalid"])
+    if values.get("unsynced") == "true":
+        reading["unsynced"] = True
     return reading

@@ -107,6 +107,7 @@ class WebhookSink(Sink):
             except BaseException:
                 queue.give_back()
                 raise
+            self.latency.observe_since(batch[0][0].get("ts"))
             if self._troubled:
                 self._succeeded()
 

@@ -15,11 +15,16 @@ import msgpack
 import orjson
 
 from gateway import json_bytes
+from gateway.clock import StoreTime
 
 log = logging.getLogger("gateway.store")
 
 DATABASE_NAME = "buffer.db"
+# The layout of buffer.db. A database of an older version is migrated when opened (see
+# MIGRATIONS), one of a newer version (a downgrade) is refused, never misread.
 SCHEMA_VERSION = 1
+# version → the statements that bring a database of that version to the next one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
 # gateway.fsync → PRAGMA synchronous. In WAL mode FULL syncs the log at every commit, NORMAL
 # only at checkpoints (the caller checkpoints once a second), OFF never.
 FSYNC_MODES = {"always": "FULL", "batch": "NORMAL", "off": "OFF"}
@@ -39,6 +44,10 @@ class StoreError(Exception):
 
 class StoreLocked(StoreError):
     """Another process (a running gateway) holds the database."""
+
+
+class StoreIncompatible(StoreError):
+    """The database has a layout this gateway does not read (written by a newer one)."""
 
 
 class EncodeError(StoreError):
@@ -100,8 +109,11 @@ class BufferDatabase:
 
     Single-threaded: whichever thread uses it must be the only one. Writes gather in one open
     transaction until commit(); readers on this connection see them at once. `clock` gives the
-    wall-clock seconds stored with each row (for max_age and oldest_age) and survives
-    restarts, unlike a monotonic clock. `lock` takes an exclusive lock file beside the
+    seconds stored with each row (for max_age and oldest_age): by default a StoreTime
+    (gateway.clock), which moves with elapsed time only and continues across restarts from
+    what the database saved (save_clock(), now and then and at the close), so a wall-clock
+    jump neither expires rows early nor keeps them too long. A clock with resume() is
+    resumed from that; tests inject their own. `lock` takes an exclusive lock file beside the
     database, so two gateways cannot share a data directory; `readonly` opens without
     writing anything (the `gateway buffer` command while the gateway runs).
     """
@@ -110,7 +122,7 @@ class BufferDatabase:
         self,
         path: str,
         fsync: str = "always",
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         readonly: bool = False,
         lock: bool = True,
     ):
@@ -118,7 +130,7 @@ class BufferDatabase:
             raise ValueError(f"fsync: expected one of {', '.join(FSYNC_MODES)}, got {fsync!r}")
         self.path = path
         self.fsync = fsync
-        self.clock = clock
+        self.clock: Callable[[], float] = clock or StoreTime()
         self.readonly = readonly
         self.buffers: dict[str, SinkBuffer] = {}
         self.closed = False
@@ -133,6 +145,9 @@ class BufferDatabase:
                 self._lock()
         try:
             self.connection = self._connect()
+            resume = getattr(self.clock, "resume", None)
+            if resume is not None:
+                resume(self._meta("clock"))
         except BaseException:
             self._unlock()
             raise
@@ -196,6 +211,11 @@ class BufferDatabase:
             uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
             connection = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=5)
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            try:
+                self._check_schema(connection)
+            except BaseException:
+                connection.close()
+                raise
             self._load_routes(connection)
             return connection
         connection = sqlite3.connect(
@@ -218,11 +238,67 @@ class BufferDatabase:
             connection.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
+            self._check_schema(connection)
             self._load_routes(connection)
         except BaseException:
             connection.close()
             raise
         return connection
+
+    def _check_schema(self, connection: sqlite3.Connection) -> None:
+        """Migrate a database of an older layout; refuse a newer or an unknown one."""
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.OperationalError:
+            row = None  # a read-only view of a database nothing was written to yet
+        if row is None:
+            return
+        (value,) = row
+        try:
+            version = int(value)
+        except (TypeError, ValueError):
+            version = None
+        if version is None or version > SCHEMA_VERSION or version < 1:
+            found = f"version {value}" if version is not None else f"an unknown version {value!r}"
+            raise StoreIncompatible(
+                f"{self.path} has buffer layout {found}; this gateway reads version "
+                f"{SCHEMA_VERSION} and older. It was written by a newer gateway: run that "
+                "version again to deliver what it holds, or move the file aside to start "
+                "with an empty buffer"
+            )
+        if version < SCHEMA_VERSION and self.readonly:
+            raise StoreIncompatible(
+                f"{self.path} has the older buffer layout {version}: start the gateway once "
+                "to migrate it"
+            )
+        while version < SCHEMA_VERSION:
+            log.info(
+                "buffer database %s: migrating layout %d to %d", self.path, version, version + 1
+            )
+            connection.execute("BEGIN")
+            for statement in MIGRATIONS[version]:
+                connection.execute(statement)
+            version += 1
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(version),))
+            connection.execute("COMMIT")
+
+    def _meta(self, key: str) -> Any:
+        """A JSON value kept in the meta table, or None."""
+        try:
+            row = self.connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return json.loads(row[0]) if row else None
+        except (sqlite3.Error, ValueError, TypeError):
+            return None  # an older database, or a damaged value: start afresh
+
+    def save_clock(self) -> None:
+        """Keep where the StoreTime is, for the next run to continue from (see StoreTime)."""
+        saved = getattr(self.clock, "saved", None)
+        if saved is None or self.readonly:
+            return
+        with self.writing() as connection:
+            connection.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('clock', ?)", (json.dumps(saved()),)
+            )
 
     def _load_routes(self, connection: sqlite3.Connection) -> None:
         try:
@@ -304,6 +380,8 @@ class BufferDatabase:
         self.closed = True
         try:
             if not self.readonly:
+                with contextlib.suppress(StoreError):
+                    self.save_clock()
                 self.commit()
         finally:
             with contextlib.suppress(sqlite3.Error):

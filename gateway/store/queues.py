@@ -28,6 +28,7 @@ from gateway.store.buffer import (
     EncodeError,
     SinkBuffer,
     StoreError,
+    StoreIncompatible,
     StoreLocked,
     encode_reading,
 )
@@ -40,6 +41,10 @@ STRENGTH = {policy: rank for rank, policy in enumerate(POLICIES)}
 DEFAULT_COMMIT_INTERVAL = 0.05
 CHECKPOINT_INTERVAL = 1.0  # fsync = "batch": the log is synced at most this long after a commit
 MAINTENANCE_INTERVAL = 1.0  # expiry by max_age and store probes
+# How often the store clock's position is saved (gateway.clock.StoreTime) while readings
+# wait on disk: a recent point keeps a wall-clock jump during the run out of the ages a
+# run after a reboot computes; an idle gateway writes nothing for it (and saves at a stop).
+CLOCK_SAVE_INTERVAL = 60.0
 PROBE_INTERVAL = 5.0  # how often a failed store is tried again
 # Readings a disk queue holds in memory on their way to a commit. Beyond it the queue stops
 # accepting: the sources pause (a line source stops reading its port, a COBS source
@@ -325,8 +330,8 @@ class BufferWriter:
             queue._mirror(result.get(queue.name))
 
     async def _maintain(self) -> None:
-        """Expire old rows, checkpoint in batch mode, probe a failed store."""
-        last_probe = self._loop.time()
+        """Expire old rows, checkpoint in batch mode, probe a failed store, save the clock."""
+        last_probe = last_save = self._loop.time()
         while not self._closed:
             await asyncio.sleep(self.maintenance_interval)
             if not self.healthy:
@@ -338,6 +343,10 @@ class BufferWriter:
             self.expire()
             if self.db.fsync == "batch":
                 self.post(self._checkpoint, writes=False)
+            stored = any(queue.stored_rows for queue in self.queues)
+            if stored and self._loop.time() - last_save >= CLOCK_SAVE_INTERVAL:
+                last_save = self._loop.time()
+                self.post(lambda db: db.save_clock())
 
     def expire(self, now: float | None = None) -> None:
         """Post an expiry pass over every queue that holds rows."""
@@ -1049,7 +1058,7 @@ class BufferStore:
         data_dir: str,
         fsync: str = "always",
         commit_interval: float = DEFAULT_COMMIT_INTERVAL,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,  # None: the database's StoreTime
     ):
         self.path = os.path.join(data_dir, DATABASE_NAME)
         self.fsync = fsync
@@ -1068,11 +1077,24 @@ class BufferStore:
         for name, sink in sinks.items():
             sink.use_queue(self._queue_for(sink, wanted[name]))
 
+    def attach_one(self, sink: Any, policy: str) -> None:
+        """The queue for a sink added at runtime (POST /sinks, a config reload)."""
+        if policy != "none" and not self.used:
+            self.used = True
+            self._open([sink.name, *self.policies])
+        sink.use_queue(self._queue_for(sink, policy))
+
+    async def purge(self, sink: str) -> int:
+        """Delete what the disk holds for a removed sink; returns how many readings."""
+        if self.writer is None or not self.writer.db.has_sink(sink):
+            return 0
+        return await self.writer.call(lambda db: db.buffer(sink).purge(), writes=True)
+
     def _open(self, configured: list[str]) -> None:
         try:
             db = BufferDatabase(self.path, fsync=self.fsync, clock=self.clock)
-        except StoreLocked:
-            raise
+        except (StoreLocked, StoreIncompatible):
+            raise  # another gateway's, or another version's: running beside it would be wrong
         except StoreError as error:
             self.error = str(error)
             log.error(

@@ -411,6 +411,69 @@ def test_kv_configured_delimiter_replaces_the_default_ones():
     assert "must not be empty" in _config_error(format="kv", delimiter="")
 
 
+# -- declared types (a validate step's) -------------------------------------------------------
+
+TYPES = {"id": "string", "t": "number", "n": "integer", "on": "bool"}
+
+
+def test_csv_converts_declared_fields_by_their_type():
+    parse = make_parser("csv", fields=["id", "t", "n", "on", "x"], types=TYPES)
+    assert parse("007,21.5,7,true,007") == {"id": "007", "t": 21.5, "n": 7, "on": True, "x": 7}
+    assert parse("1.50,007,-3,0,1.50") == {"id": "1.50", "t": 7, "n": -3, "on": False, "x": 1.5}
+    assert parse("x,1e3,+4,FALSE,") == {"id": "x", "t": 1000.0, "n": 4, "on": False, "x": None}
+    assert parse("a,b,1,True,c")["on"] is True and parse("a,b,1,1,c")["on"] is True
+    # What does not convert stays the text the device sent, for validate to name and count.
+    assert parse("abc,def,7.5,maybe,") == {
+        "id": "abc",
+        "t": "def",
+        "n": "7.5",
+        "on": "maybe",
+        "x": None,
+    }
+    assert parse(",,,,") == {"id": None, "t": None, "n": None, "on": None, "x": None}
+    assert parse("a,inf,1_0,yes,b") == {"id": "a", "t": "inf", "n": "1_0", "on": "yes", "x": "b"}
+
+
+def test_csv_declared_types_with_a_header_and_a_decimal_comma():
+    parse = make_parser("csv", header=True, decimal=",", types={"id": "string", "t": "number"})
+    try:
+        parse("id;t;n")
+    except Skipped:
+        pass
+    assert parse("007;21,5;3") == {"id": "007", "t": 21.5, "n": 3}
+    assert parse('"0,5";1.234;x') == {"id": "0,5", "t": "1.234", "n": "x"}
+
+
+def test_kv_converts_declared_fields_by_their_type():
+    parse = make_parser("kv", types=TYPES)
+    assert parse("id=007 t=21.5 n=7 on=1 x=007") == {
+        "id": "007",
+        "t": 21.5,
+        "n": 7,
+        "on": True,
+        "x": 7,
+    }
+    # The scanner's path (spaces around ":" and "="), where a quoted value is text as always.
+    assert parse('id: 42, n = "7", on: false, t:') == {"id": "42", "n": "7", "on": False, "t": None}
+    assert parse("on=no n=7.0") == {"on": "no", "n": "7.0"}
+
+
+def test_regex_converts_declared_groups_by_their_type():
+    parse = make_parser("regex", pattern=r"(?P<id>\w+) (?P<n>\S+)", types=TYPES)
+    assert parse("007 7") == {"id": "007", "n": 7}
+    assert parse("007 7.5") == {"id": "007", "n": "7.5"}
+
+
+def test_json_keeps_its_own_types_whatever_is_declared():
+    parse = make_parser("json", types=TYPES)
+    assert parse('{"id": 7, "t": "21.5", "on": "true"}') == {"id": 7, "t": "21.5", "on": "true"}
+
+
+def test_an_unknown_declared_type_is_a_config_error():
+    message = _config_error(format="kv", types={"t": "float"})
+    assert message == "unknown type 'float' for field 't'"
+
+
 # -- nmea -------------------------------------------------------------------------------------
 
 

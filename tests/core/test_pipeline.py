@@ -1,7 +1,8 @@
 """pipeline: step chaining, flush, spec validation and the tables the config validator reads."""
 
 from gateway.core import pipeline as pipeline_module
-from gateway.core.pipeline import STEP_PARAMETERS, UNITS, Pipeline, check_step
+from gateway.core.parsers import make_parser
+from gateway.core.pipeline import STEP_PARAMETERS, UNITS, Pipeline, check_step, declared_types
 
 TYPES = ("string", "number", "integer", "duration", "list of strings", "map of strings", "table")
 
@@ -243,3 +244,90 @@ def test_steps_change_the_reading_in_place():
     reading = _reading({"t": 1})
     out = Pipeline([{"op": "rename", "map": {"t": "x"}}]).process(reading)
     assert out[0] is reading and reading["data"] == {"x": 1}
+
+
+# A validate step first, as a preset would declare it: id text, t a number in range, n an
+# integer, on a bool, t required.
+TYPED_STEPS = [
+    {
+        "op": "validate",
+        "fields": {
+            "id": {"type": "string"},
+            "t": {"type": "number", "min": -40, "max": 85, "required": True},
+            "n": {"type": "integer"},
+            "on": {"type": "bool"},
+        },
+    },
+    {"op": "scale", "field": "t", "factor": 2},
+]
+
+
+def test_declared_types_come_from_the_validate_steps_a_pipeline_starts_with():
+    assert declared_types(TYPED_STEPS) == {
+        "id": "string",
+        "t": "number",
+        "n": "integer",
+        "on": "bool",
+    }
+    later = [{"op": "rename", "map": {"a": "b"}}] + TYPED_STEPS
+    assert declared_types(later) == {}  # it judges renamed fields, not what was parsed
+    first = {"op": "validate", "fields": {"t": {"type": "integer"}, "m": {"required": True}}}
+    assert declared_types([first] + TYPED_STEPS) == {
+        "t": "integer",
+        "id": "string",
+        "n": "integer",
+        "on": "bool",
+    }
+    assert declared_types([]) == {} and declared_types(None) == {}
+
+
+def _typed_run(format, lines, **options):
+    """Parse each line with the declared types and run the pipeline: (kept data, counters)."""
+    parse = make_parser(format, types=declared_types(TYPED_STEPS), **options)
+    pipeline = Pipeline(TYPED_STEPS)
+    kept = []
+    for line in lines:
+        for reading in pipeline.process(_reading(parse(line))):
+            kept.append(reading["data"])
+    return kept, pipeline.counters()
+
+
+def test_typed_validation_of_csv_lines_counts_exactly():
+    lines = ["007,21.5,7,true", "008,hot,7,1", "009,90,7,0", "010,20,7.5,yes", "abc,def,x,y"]
+    lines += [",,,", "011,-40,-3,FALSE"]
+    kept, counters = _typed_run("csv", lines, fields=["id", "t", "n", "on"])
+    assert kept == [
+        {"id": "007", "t": 43.0, "n": 7, "on": True},
+        {"id": "011", "t": -80, "n": -3, "on": False},
+    ]
+    # An empty cell is a value of nothing (None): a type failure, not a missing field.
+    assert counters == {
+        "type:t": 3,  # hot, def, empty
+        "range:t": 1,  # 90
+        "type:n": 3,  # 7.5, x, empty
+        "type:on": 3,  # yes, y, empty
+        "type:id": 1,  # empty; "abc" is a string
+    }
+
+
+def test_typed_validation_of_kv_lines_counts_exactly():
+    lines = ["id=007 t=21.5 n=7 on=1", 'id=8 t="21.5" n=7', "t=90", "n=7 on=0", "id=x t=1 on=2"]
+    kept, counters = _typed_run("kv", lines)
+    assert kept == [{"id": "007", "t": 43.0, "n": 7, "on": True}]
+    # A quoted value is text: t="21.5" is no number. on=2 is neither 1 nor 0.
+    assert counters == {"type:t": 1, "range:t": 1, "missing:t": 1, "type:on": 1}
+
+
+def test_typed_validation_of_json_lines_counts_exactly():
+    lines = ['{"id": "007", "t": 21.5, "n": 7, "on": true}', '{"id": 7, "t": "21.5"}']
+    lines += ['{"t": 1, "n": 7.0, "on": 1}', "{}"]
+    kept, counters = _typed_run("json", lines)
+    assert kept == [{"id": "007", "t": 43.0, "n": 7, "on": True}]
+    assert counters == {
+        "type:id": 1,
+        "type:t": 1,
+        "type:n": 1,
+        "type:on": 1,
+        "empty": 1,
+        "missing:t": 1,
+    }

@@ -37,6 +37,24 @@ def tokens_toml(roles: tuple[str, ...] = ROLES) -> str:
     return f"tokens = [{entries}]"
 
 
+def api_head(gateway_id: str) -> str:
+    """A config's [gateway] and [api] tables for a gateway the tests call: a token for every
+    role, limits no test module reaches (test_api_security tests them), `{data_dir}` to fill
+    in. The rest of the config (sources, presets, sinks) follows it."""
+    return f"""
+[gateway]
+id = "{gateway_id}"
+data_dir = "{{data_dir}}"
+
+[api]
+listen = "127.0.0.1:0"
+{tokens_toml()}
+[api.rate_limit]
+token = {{ rate = 1000, burst = 1000 }}
+address = {{ rate = 1000, burst = 1000 }}
+"""
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -91,8 +109,11 @@ def _lower(headers: Any) -> dict[str, str]:
 class ThreadedGateway:
     """A Gateway (with ControlPlane) running its own event loop on a thread, until close()."""
 
-    def __init__(self, toml: str):
-        self.gateway = Gateway(loads(toml, environ={}))
+    def __init__(self, toml: str, path: Path | None = None):
+        """`path`: the TOML is written there too, for the gateway to reload."""
+        if path is not None:
+            path.write_text(toml)
+        self.gateway = Gateway(loads(toml, environ={}), str(path) if path else None)
         ControlPlane(self.gateway).install()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True)

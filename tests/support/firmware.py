@@ -11,17 +11,33 @@ device.unplug(); "replug" is device.replug() plus a fresh start_node() (a new bo
 
 from __future__ import annotations
 
+import json
 import os
 import select
+import tempfile
 import time
 import tty
 from typing import Any, Callable
 
 from gateway.core import protocol
 from gateway.sources.simulator import VirtualSerialDevice
+from host_tools import gateway_node
+from host_tools.gateway_node import GatewayNodeProcess
+from host_tools.node_config import compile_text
 from host_tools.simulate import RUNTIMES, NodeProcess, find_micropython, node_config
 
-__all__ = ["RUNTIMES", "NodeProcess", "Peer", "find_micropython", "node_config", "start_node"]
+_staged: dict[str, str] = {}  # one staging (mpy-cross, umqtt.simple fetched) per test session
+
+__all__ = [
+    "RUNTIMES",
+    "GatewayNodeProcess",
+    "NodeProcess",
+    "Peer",
+    "find_micropython",
+    "node_config",
+    "start_gateway_node",
+    "start_node",
+]
 
 
 def start_node(
@@ -34,6 +50,81 @@ def start_node(
     """A running node ("micropython" or "cpython"): on device's pty (made when None), or
     opening tty_path itself. The gateway side is node.path; node.stop() ends it."""
     return NodeProcess(config, runtime, workdir, device, tty_path).start()
+
+
+def staged_gateway_node(compiled: bool = True) -> str:
+    """The gateway node's board files, staged once per session (umqtt.simple fetched from
+    PyPI into the cache on first use, modules compiled by mpy-cross)."""
+    key = "mpy" if compiled else "py"
+    if key not in _staged:
+        directory = tempfile.mkdtemp(prefix=f"gateway-node-{key}-")
+        gateway_node.stage(directory, compiled)
+        _staged[key] = directory
+    return _staged[key]
+
+
+def staged_sensor_node() -> str:
+    """The sensor node's files compiled by mpy-cross as a board gets them (main.py stays
+    source), staged once per session; run with MICROPYPATH=.frozen:<this folder>."""
+    if "sensor" not in _staged:
+        import subprocess
+
+        from host_tools import resources
+
+        directory = tempfile.mkdtemp(prefix="sensor-node-mpy-")
+        mpy_cross = gateway_node.find_mpy_cross()
+        files = {**resources.app_files("sensor_node"), **resources.core_files("sensor_node")}
+        for board_path, source in files.items():
+            target = os.path.join(directory, board_path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if board_path == "main.py":
+                with open(source, "rb") as original, open(target, "wb") as copy:
+                    copy.write(original.read())
+                continue
+            output = target[: -len(".py")] + ".mpy"
+            subprocess.run([mpy_cross, "-s", board_path, "-o", output, str(source)], check=True)
+        _staged["sensor"] = directory
+    return _staged["sensor"]
+
+
+def start_gateway_node(
+    toml: str,
+    workdir: str,
+    board: dict[str, Any] | None = None,
+    heap: str = gateway_node.DEFAULT_HEAP,
+) -> GatewayNodeProcess:
+    """The gateway node for this gateway.toml text, compiled as provisioning does, running
+    under the unix port with its flash buffers in workdir/flash (kept across restarts)."""
+    settings = {"data_dir": os.path.join(workdir, "flash"), **(board or {})}
+    config = compile_text(toml, settings)
+    node = GatewayNodeProcess(config, workdir, heap, stage_dir=staged_gateway_node())
+    return node.start()
+
+
+def node_statuses(node: GatewayNodeProcess) -> list[dict[str, Any]]:
+    """Every complete status the gateway node logged so far, in order: {"mem_free",
+    "restarts", "sources": {name: counters}, "sinks": {name: counters}}."""
+    found: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    expected = 0
+    for line in node.output().splitlines():
+        _, marker, text = line.partition(" info status ")
+        if not marker:
+            continue
+        kind, _, rest = text.partition(" ")
+        if kind == "node":
+            current = {**json.loads(rest), "sources": {}, "sinks": {}}
+            expected = len(node.config["sources"]) + len(node.config["sinks"])
+            continue
+        if current is None:
+            continue
+        name, _, counters = rest.partition(" ")
+        current[kind + "s"][name] = json.loads(counters)
+        expected -= 1
+        if expected == 0:
+            found.append(current)
+            current = None
+    return found
 
 
 class Peer:
@@ -196,3 +287,118 @@ def describe(item: Any) -> str:
 def data_records(frames: list[protocol.Frame]) -> list[tuple[int, int, list[float]]]:
     """Every record of these DATA frames, in order."""
     return [record for frame in frames for record in protocol.parse_data(frame.payload)]
+
+
+# -- the gateway node's heap soak ------------------------------------------------------------
+
+SOAK_GATEWAY = "soak-gw"
+
+
+def soak_toml(
+    line_path: str, cobs_path: str, broker_port: int, udp_port: int, steps: bool = False
+) -> str:
+    """2 UART sources (a CSV line device and a COBS sensor node) and 2 sinks (MQTT, UDP);
+    with steps, the preset scales and renames (the step library is loaded too)."""
+    step_list = (
+        'steps = [{ op = "scale", field = "t", factor = 0.1 }, '
+        '{ op = "rename", map = { h = "humidity" } }]'
+        if steps
+        else ""
+    )
+    return f"""
+[gateway]
+id = "{SOAK_GATEWAY}"
+
+[[sources]]
+name = "lines-1"
+port = "{line_path}"
+format = "csv"
+fields = ["t", "h"]
+stream = "env"
+preset = "soak"
+
+[[sources]]
+name = "cobs-1"
+port = "{cobs_path}"
+framing = "cobs"
+preset = "soak"
+
+[presets.soak]
+extends = "basic"
+{step_list}
+routes = [{{ sink = "mqtt" }}, {{ sink = "udp" }}]
+
+[sinks.mqtt]
+type = "mqtt"
+url = "mqtt://127.0.0.1:{broker_port}"
+
+[sinks.udp]
+type = "udp"
+targets = ["127.0.0.1:{udp_port}"]
+"""
+
+
+def run_soak(
+    workdir: str,
+    seconds: float,
+    status_every: float,
+    rate: float = 20.0,
+    heap: str = gateway_node.DEFAULT_HEAP,
+    steps: bool = False,
+) -> dict[str, Any]:
+    """Run the gateway node under `heap` for `seconds`: a line device writing `rate` lines/s
+    and a sensor node sampling at `rate`, to a real Mosquitto and a UDP receiver. Returns
+    the free heap of each status line, the readings offered and received, the node's log."""
+    from tests.support.broker import Broker, Subscriber
+    from tests.support.udp import UdpCollector
+
+    broker = Broker().start()
+    subscriber = Subscriber(broker.port, f"gw/{SOAK_GATEWAY}/+/+")
+    udp = UdpCollector()
+    line_device, cobs_device = VirtualSerialDevice(), VirtualSerialDevice()
+    processes: list[Any] = []
+    written = 0
+    try:
+        toml = soak_toml(line_device.path, cobs_device.path, broker.port, udp.port, steps)
+        board = {"status_ms": int(status_every * 1000)}
+        gateway = start_gateway_node(toml, workdir, board, heap)
+        processes.append(gateway)
+        sensor = start_node(node_config("node-1", rate=rate), "micropython", workdir, cobs_device)
+        processes.append(sensor)
+        from tests.support.waiting import wait_until
+
+        wait_until(lambda: "sink mqtt: connected" in gateway.output(), 30, "MQTT connection")
+        started = time.monotonic()
+        while time.monotonic() - started < seconds and gateway.running:
+            line_device.write(b"%d.5,%d\n" % (written, written % 100))
+            written += 1
+            delay = started + written / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the writer
+        time.sleep(1)  # the last readings on their way (nothing to await across processes)
+        alive = gateway.running
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        subscriber.close()
+        udp.close()
+        line_device.close()
+        cobs_device.close()
+        broker.close()
+    statuses = node_statuses(gateway)
+    mqtt = [json.loads(payload) for _topic, payload, _at in subscriber.messages]
+    return {
+        "heap": heap,
+        "seconds": seconds,
+        "alive": alive,
+        "mem_free": [status["mem_free"] for status in statuses],
+        "restarts": statuses[-1]["restarts"] if statuses else None,
+        "lines_written": written,
+        "mqtt_lines": sum(1 for reading in mqtt if reading["device"] == "lines-1"),
+        "missing_lines": sorted(
+            set(range(written)) - {r["seq"] for r in mqtt if r["device"] == "lines-1"}
+        )[:20],
+        "mqtt_cobs": sum(1 for reading in mqtt if reading["device"] == "node-1"),
+        "udp": len(udp.readings),
+        "log": gateway.output(),
+    }

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import aiohttp
+
+from gateway.api.server import ApiServer
+from gateway.sinks.sse import SseSink
+from tests.support.waiting import eventually
+
+
+@contextlib.asynccontextmanager
+async def served_sink(options: dict[str, Any], api: dict | None = None):
+    """An API listener with a running SSE sink named "sse" (options): yields (sink, URL)."""
+    server = ApiServer(api=api or {"listen": "127.0.0.1:0"})
+    sink = SseSink("sse", {"heartbeat": 5.0, **options}, "gw", server)
+    await server.start()
+    task = asyncio.create_task(sink.run())
+    try:
+        await eventually(lambda: sink.connected, 5, "the sink to open")
+        yield sink, f"http://127.0.0.1:{server.port}/sse"
+    finally:
+        await sink.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
 
 
 class SseClient:

@@ -1,0 +1,40 @@
+"""Gateway-node heap soak: the board firmware under the unix port for N minutes, as JSON.
+
+2 UART sources (a CSV line device and the sensor-node firmware over COBS) and 2 sinks (a
+real Mosquitto, a UDP receiver), modules compiled by mpy-cross, `-X heapsize=192k`. Prints
+gc.mem_free() after each minute, readings offered and delivered, and whether the node
+stayed up without a task restart (tests/test_firmware_gateway_node.py runs 40 s of it).
+
+    python bench/gateway_node_soak.py --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tests.support.firmware import run_soak  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="readings/s per source")
+    parser.add_argument("--heap", default="192k")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gateway-node-soak-") as workdir:
+        result = run_soak(workdir, args.minutes * 60, 60, args.rate, args.heap)
+    log = result.pop("log")
+    result["ok"] = bool(result["alive"] and result["restarts"] == 0 and "MemoryError" not in log)
+    result["mem_free_per_minute"] = result.pop("mem_free")
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
