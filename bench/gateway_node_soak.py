@@ -3,7 +3,7 @@
 2 UART sources (a CSV line device and the sensor-node firmware over COBS) and 2 sinks (a
 real Mosquitto, a UDP receiver), modules compiled by mpy-cross, `-X heapsize=192k`. Prints
 gc.mem_free() after each minute, readings offered and delivered, and whether the node
-stayed up without a task restart (tests/test_firmware_gateway_node.py runs 40 s of it).
+stayed up without a task restart (tests/test_firmware_gateway_node_memory.py runs 24 s of it).
 
     python bench/gateway_node_soak.py --minutes 10
 """
