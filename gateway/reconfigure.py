@@ -44,20 +44,6 @@ class Plan:
             "api": self.api_changed,
         }
 
-    @property
-    def empty(self) -> bool:
-        return not any(
-            (
-                self.sinks_added,
-                self.sinks_removed,
-                self.sinks_changed,
-                self.sources_added,
-                self.sources_removed,
-                self.sources_changed,
-                self.api_changed,
-            )
-        )
-
 
 def plan(old: dict[str, Any], new: dict[str, Any]) -> Plan:
     """Compare two validated configs. A source is restarted when its table or its resolved
