@@ -269,7 +269,7 @@
       return row([
         text(session.name),
         text(session.state, classFor(session.state)),
-        text(sessionCounters(session.counters)),
+        text(sessionCounters(session.counters), "wrap"),
         stop,
       ], { session: session.id });
     });
