@@ -194,7 +194,10 @@ def test_block_refuses_beyond_max_bytes_and_settle_says_do_not_acknowledge(broke
                 drops = sink.stats()["buffer"]["drops"]
                 far.mode = "forward"
                 await eventually(lambda: sink.counters["delivered"] == 10, 20, "delivery")
-                await eventually(lambda: ingest.accepting(), 10, "room again")
+                # Room for the three fed next: "block" looks at each reading's size, so
+                # wait until the delivered rows' bytes are freed (their deletion commits).
+                queue = sink.queue
+                await eventually(lambda: queue.bytes == 0 and ingest.accepting(), 10, "room")
                 running.feed(3)
                 assert await ingest.settle()
                 await eventually(lambda: sink.counters["delivered"] == 13, 20, "the rest")
