@@ -18,6 +18,28 @@ def sink_url(gateway: ThreadedGateway, name: str = "") -> str:
     return gateway.base + PREFIX + "/sinks" + (f"/{name}" if name else "")
 
 
+def mqtt_config(tmp_path, source: str, rate: int, buffer: str, url: str) -> str:
+    """One simulated source at `rate` through a preset with `buffer` to one MQTT sink."""
+    return (
+        HEAD.replace("{data_dir}", str(tmp_path))
+        + f"""
+[[sources]]
+name = "{source}"
+simulate = {{ profile = "env", rate = {rate} }}
+preset = "to-mqtt"
+
+[presets.to-mqtt]
+extends = "basic"
+buffer = "{buffer}"
+routes = [{{ sink = "mqtt" }}]
+
+[sinks.mqtt]
+type = "mqtt"
+url = "{url}"
+"""
+    )
+
+
 def test_moving_the_mqtt_sink_to_another_broker_under_load_loses_nothing(tmp_path):
     first, second = Broker().start(), Broker().start()
     at_first = ProcessSubscriber(first.port, "gw/runtime/fast/default")
@@ -30,24 +52,7 @@ def test_moving_the_mqtt_sink_to_another_broker_under_load_loses_nothing(tmp_pat
 
 
 def moved_under_load(tmp_path, first, second, at_first, at_second) -> None:
-    toml = (
-        HEAD.replace("{data_dir}", str(tmp_path))
-        + f"""
-[[sources]]
-name = "fast"
-simulate = {{ profile = "env", rate = 5000 }}
-preset = "to-mqtt"
-
-[presets.to-mqtt]
-extends = "basic"
-buffer = "spill"
-routes = [{{ sink = "mqtt" }}]
-
-[sinks.mqtt]
-type = "mqtt"
-url = "{first.url}"
-"""
-    )
+    toml = mqtt_config(tmp_path, "fast", 5000, "spill", first.url)
     gateway = ThreadedGateway(toml).start()
     try:
         wait_until(lambda: len(at_first.seqs()) >= 5000, 30, "a second of readings", 0.1)
@@ -140,24 +145,7 @@ def test_a_bad_new_sink_is_refused_naming_the_field(udp_gateway, body, status, m
 
 def test_a_removed_sink_keeps_its_buffer_unless_purged(tmp_path):
     down = Broker()  # never started: readings wait in the write-ahead buffer
-    toml = (
-        HEAD.replace("{data_dir}", str(tmp_path))
-        + f"""
-[[sources]]
-name = "sim"
-simulate = {{ profile = "env", rate = 200 }}
-preset = "kept"
-
-[presets.kept]
-extends = "basic"
-buffer = "write_ahead"
-routes = [{{ sink = "mqtt" }}]
-
-[sinks.mqtt]
-type = "mqtt"
-url = "{down.url}"
-"""
-    )
+    toml = mqtt_config(tmp_path, "sim", 200, "write_ahead", down.url)
     gateway = ThreadedGateway(toml).start()
     try:
         mqtt = gateway.gateway.sinks["mqtt"]
