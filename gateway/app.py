@@ -20,7 +20,7 @@ from gateway.sinks.base import Sink
 from gateway.sources.cobs_link import CobsHandler, CobsLink
 from gateway.sources.serial import SerialSource
 from gateway.sources.simulator import SimulatedDevice
-from gateway.store.queues import BufferStore, strongest
+from gateway.store.queues import BufferStore
 from gateway.store.sequences import SequenceStore
 
 log = logging.getLogger("gateway.app")
@@ -47,7 +47,6 @@ class Gateway:
         self._models: dict[str, str] = {}  # per source, its model (for Home Assistant)
         self._discover: dict[str, bool] = {}  # per source, whether its preset says discovery
         self._devices: dict[str, SimulatedDevice] = {}  # per simulated source, its device
-        self._policies: dict[str, str] = {}  # sink → strongest buffer policy routed to it
         # framing "cobs": per device id its boot and last accepted seq, shared by all ports
         self.device_sessions: dict[str, list] = {}
         # Logs wall-clock jumps; while the kernel says the clock is not synchronised, the
@@ -57,7 +56,8 @@ class Gateway:
             if source.get("enabled", True):
                 self._add_source(source)
         self.buffers = _buffer_store(config["gateway"])
-        self.buffers.attach(self.sinks, self._policies)
+        # Per sink, the strongest buffer policy among the presets routing to it.
+        self.buffers.attach(self.sinks, reconfigure.sink_policies(config))
         self.api.add_http("GET", "/api/v1/health", self._health_response)
         self._tasks: list[asyncio.Task] = []
         self._sink_lock = asyncio.Lock()  # one runtime change of the sinks at a time
@@ -72,9 +72,6 @@ class Gateway:
             log.warning(
                 "source %s: preset %s routes to no configured sink", source["name"], preset["name"]
             )
-        for sink, _route in routes:
-            policies = (self._policies.get(sink.name, "none"), preset["buffer"])
-            self._policies[sink.name] = strongest(policies)
         ingest = Ingest(_ingest_options(source), preset, routes, self.gateway_id, self.sequences)
         ingest.unsynced = self.clock.unsynced
         if source.get("simulate"):
@@ -162,9 +159,9 @@ class Gateway:
                 raise ValueError(f"name: a sink named {name!r} exists already")
             self._check_path(name, options)
             sink = sink_registry.create(name, options, self.gateway_id, self.api)
-            sinks = {**self.sinks, name: sink}
-            policies = [p["buffer"] for p in self._presets if _routes_to(p, sinks, sink)]
-            self.buffers.attach_one(sink, strongest(policies or ["none"]))
+            with_it = {**self.config, "sinks": {**self.config["sinks"], name: options}}
+            policy = reconfigure.sink_policies(with_it).get(name, "none")
+            self.buffers.attach_one(sink, policy)
             self.sinks[name] = sink
             self.config["sinks"][name] = options  # what runs: a reload compares against it
             self._reroute()
@@ -455,10 +452,6 @@ def _dropped_lines(sources: Any) -> dict[str, int]:
 def _watchers(routes: list) -> list:
     """The routed sinks that announce devices to Home Assistant, each once."""
     return list(dict.fromkeys(sink for sink, _route in routes if hasattr(sink, "watch_device")))
-
-
-def _routes_to(preset: dict[str, Any], sinks: dict[str, Sink], sink: Sink) -> bool:
-    return any(target is sink for target, _route in resolve_routes(preset, sinks))
 
 
 def _buffer_store(gateway: dict[str, Any]) -> BufferStore:
