@@ -92,6 +92,13 @@ def test_qos_two_is_refused_with_a_reason_and_three_plainly():
     assert only_error(MQTT + "qos = true\n") == "sinks.mqtt.qos: expected 0 or 1, got true"
 
 
+def test_an_empty_array_is_named_with_what_its_entries_must_be():
+    assert only_error('[sinks.mqtt]\ntype = "mqtt"\nurls = []\n') == (
+        "sinks.mqtt.urls: expected a non-empty array of mqtt:// or mqtts:// URL like "
+        '"mqtt://127.0.0.1:1883", got an array'
+    )
+
+
 def test_bad_enum_suggests():
     error = only_error('[[sources]]\nname = "a"\nport = "/dev/x"\nframing = "cobbs"\n')
     assert error == 'sources[0].framing: expected lines or cobs, got "cobbs" (did you mean "cobs"?)'
@@ -613,12 +620,15 @@ def test_normalised_config_validates_again_unchanged():
     assert again == config
 
 
+GATEWAY = {"id": "gw1", "data_dir": "./var", "fsync": "batch"}
+
+
 def test_validate_sink_for_runtime_reconfiguration():
-    options = validate_sink("mqtt", {"type": "mqtt", "qos": 0, "retry": {"cap": "5s"}}, "gw1")
+    options = validate_sink("mqtt", {"type": "mqtt", "qos": 0, "retry": {"cap": "5s"}}, GATEWAY)
     assert options["qos"] == 0 and options["retry"] == {"base": 0.5, "cap": 5.0}
     assert options["client_id"] == "gw-gw1"
     with pytest.raises(ConfigError) as caught:
-        validate_sink("mqtt", {"type": "mqtt", "qos": 2}, "gw1")
+        validate_sink("mqtt", {"type": "mqtt", "qos": 2}, GATEWAY)
     assert caught.value.errors == [
         "sinks.mqtt.qos: expected 0 or 1, got 2 (QoS 2 is not supported)"
     ]
@@ -627,8 +637,14 @@ def test_validate_sink_for_runtime_reconfiguration():
 def test_an_mqtt_client_id_may_name_the_gateway_and_the_sink():
     from gateway import sinks
 
-    options = validate_sink("up", {"type": "mqtt", "client_id": "{gateway}-{sink}"}, "gw1")
+    options = validate_sink("up", {"type": "mqtt", "client_id": "{gateway}-{sink}"}, GATEWAY)
     assert sinks.create("up", options, "gw1").client_id == "gw1-up"
+
+
+def test_a_runtime_sse_sink_syncs_its_window_as_the_gateway_does():
+    options = validate_sink("live", {"type": "sse"}, GATEWAY)
+    assert options["replay_fsync"] == "batch"
+    assert options["replay_dir"] == "./var/sse"
 
 
 # Keys drawn from the real schema, so random documents reach deep into the validator.

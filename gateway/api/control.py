@@ -435,9 +435,8 @@ class ControlPlane:
         return json_response(200, {"name": sink.name, "purged": purged})
 
     def _valid_sink(self, name: str, table: dict[str, Any]) -> dict[str, Any]:
-        gateway = self.gateway.config["gateway"]
         try:
-            return validate_sink(name, table, gateway["id"], gateway["data_dir"])
+            return validate_sink(name, table, self.gateway.config["gateway"])
         except ConfigError as error:
             raise ApiError(400, "invalid_field", _paths(error.errors, f"sinks.{name}.")) from None
 

@@ -115,11 +115,14 @@ def check_file(path: str | os.PathLike, environ: Mapping[str, str] | None = None
 
 
 def validate_sink(
-    name: str, options: Mapping[str, Any], gateway_id: str, data_dir: str = "./var"
+    name: str, options: Mapping[str, Any], gateway: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """Normalise one sink's options (for runtime reconfiguration); raise ConfigError."""
+    """Normalise one sink's options (for runtime reconfiguration); raise ConfigError.
+
+    `gateway` is the running gateway's validated [gateway] table: a sink's defaults (its
+    client id, where its files go, how they are synced) come from it as at start.
+    """
     report = Report()
-    gateway = {"id": gateway_id, "data_dir": data_dir}
     normalised = sink_options(report, join("sinks", name), dict(options), gateway)
     if report.errors:
         raise ConfigError(report.errors, join("sinks", name))

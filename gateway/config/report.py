@@ -156,7 +156,8 @@ class Section:
 
     def get_list(self, key: str, check: Check, required: bool = False) -> list[Any]:
         """A non-empty array whose entries each pass `check`, reported as key[index]."""
-        expected = "a non-empty array of " + check.expected[2:]  # type: ignore[attr-defined]
+        noun = check.expected.split(" ", 1)[1]  # type: ignore[attr-defined]  # "a"/"an" dropped
+        expected = "a non-empty array of " + noun
         entries = self.raw.get(key, MISSING)
         if entries is MISSING or not isinstance(entries, list) or not entries:
             if entries is not MISSING or required:
