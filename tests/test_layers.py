@@ -42,6 +42,7 @@ LAYERS = {
     "gateway.ingest": 2,
     "gateway.reconfigure": 2,  # what a reloaded config changes
     "gateway.app": 2,
+    "gateway.health": 2,  # what GET /api/v1/health says about a Gateway
     "gateway.sessions": 2,  # distribution sessions, run by the app
     "gateway.api.control": 3,  # the control plane, over a Gateway
     "gateway.api.metrics": 3,
