@@ -76,9 +76,10 @@ class Sink:
     use_queue()), batching, a circuit breaker and retries with capped exponential backoff
     (full jitter). send(items) returns only once every item is confirmed by this sink's own
     definition (UDP: datagram sent; WebSocket: handed to every client queue) and raises
-    SinkError otherwise; the queue then keeps the batch, in front. A sink that keeps several
-    batches in flight (MQTT) overrides _deliver_until_failure and confirms to the queue
-    itself (queue.confirm, queue.give_back; see gateway.store.queues).
+    SinkError otherwise; the queue then keeps the batch, in front. A sink that confirms part
+    of a batch at a time (webhook: per POST) overrides _deliver; one that keeps several
+    batches in flight (MQTT) overrides _deliver_until_failure. Both confirm to the queue
+    themselves (queue.confirm, queue.give_back; see gateway.store.queues).
 
     Every open() and send() is bounded by `send_timeout`: a far side that accepts the
     connection but never answers counts as a failure, so the breaker opens. Each sink has
@@ -289,7 +290,6 @@ class Sink:
     # -- internals -----------------------------------------------------------------------
     async def _deliver_until_failure(self) -> None:
         queue = self.queue
-        counters = self.counters
         while not self._stopping:
             if self._dropped is not None:
                 reason, self._dropped = self._dropped, None
@@ -301,16 +301,20 @@ class Sink:
             batch = await queue.take(self.max_batch)
             if not batch:
                 continue
-            try:
-                await self._bounded(self.send(batch), "sending")
-            except BaseException:
-                queue.release(False)
-                raise
-            queue.release(True)
-            counters["delivered"] += len(batch)
+            await self._deliver(batch)
             self.latency.observe_since(batch[0][0].get("ts"))
             if self._troubled:
                 self._succeeded()
+
+    async def _deliver(self, batch: list[Item]) -> None:
+        """Send one batch taken from the queue and confirm it, or give it back and raise."""
+        try:
+            await self._bounded(self.send(batch), "sending")
+        except BaseException:
+            self.queue.release(False)
+            raise
+        self.queue.release(True)
+        self.counters["delivered"] += len(batch)
 
     async def _bounded(self, awaitable: Any, what: str) -> Any:
         """Await open() or send(), failing with SinkError after send_timeout seconds.

@@ -90,26 +90,16 @@ class WebhookSink(Sink):
             await session.close()
 
     # -- delivery ------------------------------------------------------------------------
-    async def _deliver_until_failure(self) -> None:
-        queue = self.queue
-        while not self._stopping:
-            if not queue.ready:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            batch = await queue.take(self.max_batch)
-            if not batch:
-                continue
-            try:
-                for payload in self._payloads(batch):
-                    await self._bounded(self._post(payload), "posting")
-                    queue.confirm(payload.count)
-            except BaseException:
-                queue.give_back()
-                raise
-            self.latency.observe_since(batch[0][0].get("ts"))
-            if self._troubled:
-                self._succeeded()
+    async def _deliver(self, batch: list[Item]) -> None:
+        """One POST per payload, each confirmed as its answer comes: a failure gives back
+        only what was not answered yet."""
+        try:
+            for payload in self._payloads(batch):
+                await self._bounded(self._post(payload), "posting")
+                self.queue.confirm(payload.count)
+        except BaseException:
+            self.queue.give_back()
+            raise
 
     async def send(self, items: list[Item]) -> None:
         """Post every item now (tools and tests); the sender task confirms per POST instead."""
