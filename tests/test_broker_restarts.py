@@ -18,7 +18,7 @@ import pytest
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters, GatewayProcess
-from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
+from tests.support.subscriber import Tally, by_seq, sink_stats, wait_for_unique
 
 GATEWAY_ID = "restarts"
 TOPIC = f"gw/{GATEWAY_ID}/#"
@@ -139,7 +139,7 @@ def test_ten_broker_restarts_lose_nothing_and_resume_within_two_seconds(
         # Read before the stop: the stop then publishes "offline", which no stats show.
         final = gateway.health()["stats"]
         assert gateway.stop() == 0, gateway.log()
-        readings = received(subscriber)
+        readings = subscriber.readings()
     finally:
         stream.finish()
         subscriber.close()

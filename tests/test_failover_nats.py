@@ -19,7 +19,7 @@ from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters, GatewayProcess
 from tests.support.nats_cluster import NatsCluster
-from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
+from tests.support.subscriber import Tally, by_seq, sink_stats, wait_for_unique
 from tests.support.waiting import wait_until
 
 GATEWAY_ID = "failover"
@@ -121,7 +121,7 @@ def test_killing_the_connected_node_mid_stream_loses_no_reading(nats_cluster, tm
             raise AssertionError(f"{error}\n{gateway.log()}\n{cluster.logs()}") from None
         final = gateway.health()["stats"]
         assert gateway.stop() == 0, gateway.log()
-        readings = received(consumer)
+        readings = consumer.readings()
         with open(gateway.log_path, errors="replace") as file:
             log = file.read()
     finally:

@@ -24,7 +24,7 @@ from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.cobs_device import CobsTestDevice, reading_values
 from tests.support.config import gateway_toml, line_source
 from tests.support.e2e import DeviceWriters
-from tests.support.subscriber import Tally, by_seq, received, sink_stats, wait_for_unique
+from tests.support.subscriber import Tally, by_seq, sink_stats, wait_for_unique
 
 GATEWAY_ID = "faults"
 TOPIC = f"gw/{GATEWAY_ID}/#"
@@ -76,7 +76,7 @@ def test_broker_outage_mid_stream_loses_nothing_and_keeps_order(
         wait_for_unique(subscriber, lambda r: (r["device"], r["seq"]), total)
         final = gateway.health()["stats"]
         assert gateway.stop() == 0, gateway.log()
-        readings = received(subscriber)
+        readings = subscriber.readings()
     finally:
         if writing.is_alive():
             writing.join()
@@ -157,7 +157,7 @@ def test_gateway_sigkill_loses_no_acknowledged_reading(broker, tmp_path, gateway
 
     try:
         outcome = asyncio.run(scenario())
-        readings = received(subscriber)
+        readings = subscriber.readings()
     finally:
         subscriber.close()
     assert first.process.returncode == -signal.SIGKILL
@@ -233,7 +233,7 @@ def test_device_replugged_while_broker_down_reconnects_and_everything_arrives(
         wait_for_unique(subscriber, lambda r: (r["device"], r["seq"]), before + after)
         final = gateway.health()["stats"]
         assert gateway.stop() == 0, gateway.log()
-        readings = received(subscriber)
+        readings = subscriber.readings()
     finally:
         subscriber.close()
         writers.close()

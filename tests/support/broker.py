@@ -169,14 +169,22 @@ class ProcessSubscriber:
             assert time.monotonic() < deadline, "mosquitto_sub did not subscribe"
             time.sleep(0.01)  # another process's output: polling is all there is
 
+    def readings(self) -> list[dict]:
+        """Every reading received so far, in arrival order (status messages left out)."""
+        # One read of what is there: iterating lines would go on past a half-written last
+        # line (mosquitto_sub writes through a buffer) and return its rest as a line of its own.
+        with open(self.output.name) as output:
+            *lines, _partial = output.read().split("\n")
+        found = []
+        for line in lines:
+            topic, _, payload = line.partition(" ")
+            if topic == self.READY or topic.endswith("/status"):
+                continue
+            found.append(json.loads(payload))
+        return found
+
     def seqs(self) -> list[int]:
-        # mosquitto_sub writes through a buffer: the last line may be only half written yet.
-        with open(self.output.name) as lines:
-            return [
-                json.loads(line.split(" ", 1)[1])["seq"]
-                for line in lines
-                if line.endswith("\n") and not line.startswith(self.READY + " ")
-            ]
+        return [reading["seq"] for reading in self.readings()]
 
     async def wait_for_unique(self, count: int, timeout: float = 30.0) -> None:
         """Wait (in an event loop) until count distinct readings arrived."""

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from tests.support.broker import ProcessSubscriber
 from tests.support.waiting import wait_until
 
 
-def received(subscriber: ProcessSubscriber) -> list[dict[str, Any]]:
-    """Every reading in arrival order (mosquitto_sub writes "topic payload" lines)."""
-    readings = []
-    with open(subscriber.output.name) as lines:
-        for line in lines:
-            topic, _, payload = line.rstrip("\n").partition(" ")
-            if topic == ProcessSubscriber.READY or topic.endswith("/status"):
-                continue
-            readings.append(json.loads(payload))
-    return readings
-
-
 def wait_for_unique(subscriber: ProcessSubscriber, key, count: int, timeout: float = 60) -> None:
     """Poll the subscriber's output (another process: no event) until `count` distinct keys."""
 
     def unique() -> int:
-        return len({key(reading) for reading in received(subscriber)})
+        return len({key(reading) for reading in subscriber.readings()})
 
     wait_until(lambda: unique() >= count, timeout, f"{count} distinct readings", interval=0.2)
 
