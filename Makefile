@@ -43,8 +43,10 @@ test: $(STAMP) system-deps browser-deps lint test-python test-micropython test-w
 test-wheel: $(STAMP)
 	$(BIN)/python tests/wheel_check.py
 
+# Two workers, one test module each at a time (pytest-xdist --dist loadfile): most tests wait
+# on brokers, devices and timeouts rather than the CPU, and a module keeps its own fixtures.
 test-python: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # gateway/core is portable: its tests run again under the real MicroPython unix port.
 test-micropython: $(STAMP)
