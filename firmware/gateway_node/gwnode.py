@@ -6,7 +6,6 @@ status line (free heap, counters) every status_ms.
 """
 
 import gc
-import json
 
 import logring
 from buffer import makedirs
@@ -150,12 +149,12 @@ class GatewayNode:
 
     def log_status(self):
         """Status lines: "status node" (free heap, restarts), then one per source and sink
-        with its counters, as JSON. One line each, so no long string is needed at once."""
+        with its counters, as JSON: one line each, written in pieces (logring.status)."""
         gc.collect()
         node = {"mem_free": gc.mem_free()}
         node.update(self.counters)
-        logring.status("node " + json.dumps(node))
+        logring.status("node", node)
         for source in self.sources:
-            logring.status(f"source {source.name} {json.dumps(source.stats())}")
+            logring.status("source " + source.name, source.stats())
         for name in self.sinks:
-            logring.status(f"sink {name} {json.dumps(self.sinks[name].stats())}")
+            logring.status("sink " + name, self.sinks[name].stats())

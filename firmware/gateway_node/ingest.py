@@ -21,10 +21,11 @@ class Ingest:
         self.pipeline = None
         types = None
         if spec.get("steps"):
-            # Imported only when the preset has steps: the step library is about 25 KB of heap.
-            from gateway.core.pipeline import Pipeline, declared_types
+            # Imported only when the preset has steps; the chain loads only the steps used,
+            # and not their validation (host-tools checked the config when compiling it).
+            from gateway.core.step_chain import StepChain, declared_types
 
-            self.pipeline = Pipeline(spec["steps"])
+            self.pipeline = StepChain(spec["steps"])
             types = declared_types(spec["steps"])  # as the Pi's ingest: validate's types
         if spec["framing"] == "lines":
             from gateway.core.parsers import make_parser  # a COBS-only node does without
@@ -54,6 +55,7 @@ class Ingest:
             "refused": 0,
             "unnumbered": 0,
         }
+        self.blocked = 0  # readings a "block" sink refused (a COBS source takes them again)
         self._warned = {}
         self.unsynced = False
 
@@ -114,6 +116,8 @@ class Ingest:
         for sink, route in self.routes:
             if not sink.offer(reading, route):
                 self.counters["refused"] += 1
+                if sink.blocks:
+                    self.blocked += 1
 
     def _warn(self, kind, text):
         """Logged the first time and then every 100th time, so bad input cannot flood."""

@@ -50,7 +50,7 @@ def main(argv=None):
 
     node = None
     try:
-        node = GatewayNode(config, echo if HOST else None)
+        node = GatewayNode(config, sys.stderr if HOST else None)
         compat.run(node.run())
     except KeyboardInterrupt:
         if node is not None:

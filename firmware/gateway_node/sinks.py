@@ -49,6 +49,7 @@ class Sink:
             on_change=self._breaker_changed,
         )
         self.backoff = Backoff(options["retry"]["base"], options["retry"]["cap"])
+        self.blocks = options["overflow"] == "block"  # a refusal here is no policy drop
         self.connected = False
         self.wake = compat.Event()
         self.counters = {"sent": 0, "failures": 0, "connects": 0}

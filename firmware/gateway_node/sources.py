@@ -154,6 +154,7 @@ class CobsSource(Source):
         self.gap = None
         self.last_nack = {}
         self.out = bytearray()
+        self.blocked = 0  # ingest.blocked as of the last ACK
         self.ack_wanted = compat.Event()
         for key in ("frames", "bad_frames", "duplicates", "gaps", "busy", "hellos", "acks"):
             self.counters[key] = 0
@@ -349,11 +350,22 @@ class CobsSource(Source):
                 protocol.encode_frame(protocol.ACK, protocol.FRESH_SEQ, flags=protocol.FLAG_FRESH)
             )
             return
-        if not await self.settle():
-            entry[1] = self.acked  # not stored: take the resent frames again
-            return
+        stored = await self.settle()
         if self.entry is not entry:
             return  # a new HELLO meanwhile: this ACK belongs to the previous boot
+        blocked = self.ingest.blocked
+        if blocked != self.blocked:
+            # A "block" sink refused readings since the last ACK: take the resent frames
+            # again, so nothing is lost (what was kept then comes twice: at least once).
+            # A drop policy's refusals are drops, counted, and are not taken again.
+            self.blocked = blocked
+            entry[1] = self.acked
+            return
+        if not stored:
+            # Held in RAM, not yet on flash ("block" at its bound, a failed write): no ACK,
+            # and no rollback, which would take the device's resent frames a second time.
+            # Each resend is a duplicate that asks for this ACK again.
+            return
         frame = protocol.encode_frame(protocol.ACK, covers)
         if gap is not None and gap == protocol.seq_add(covers, 1):
             frame += protocol.encode_frame(

@@ -25,6 +25,9 @@ from host_tools import gateway_node
 from host_tools.gateway_node import GatewayNodeProcess
 from host_tools.node_config import compile_text
 from host_tools.simulate import RUNTIMES, NodeProcess, find_micropython, node_config
+from tests.support.broker import Broker, Subscriber
+from tests.support.udp import UdpCollector
+from tests.support.waiting import wait_until
 
 _staged: dict[str, str] = {}  # one staging (mpy-cross, umqtt.simple fetched) per test session
 
@@ -107,7 +110,10 @@ def node_statuses(node: GatewayNodeProcess) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     expected = 0
-    for line in node.output().splitlines():
+    output = node.output()
+    # A running node may be writing its last line (status lines go out in pieces): skip it.
+    lines = output.splitlines() if output.endswith("\n") else output.splitlines()[:-1]
+    for line in lines:
         _, marker, text = line.partition(" info status ")
         if not marker:
             continue
@@ -349,9 +355,6 @@ def run_soak(
     """Run the gateway node under `heap` for `seconds`: a line device writing `rate` lines/s
     and a sensor node sampling at `rate`, to a real Mosquitto and a UDP receiver. Returns
     the free heap of each status line, the readings offered and received, the node's log."""
-    from tests.support.broker import Broker, Subscriber
-    from tests.support.udp import UdpCollector
-
     broker = Broker().start()
     subscriber = Subscriber(broker.port, f"gw/{SOAK_GATEWAY}/+/+")
     udp = UdpCollector()
@@ -365,8 +368,6 @@ def run_soak(
         processes.append(gateway)
         sensor = start_node(node_config("node-1", rate=rate), "micropython", workdir, cobs_device)
         processes.append(sensor)
-        from tests.support.waiting import wait_until
-
         wait_until(lambda: "sink mqtt: connected" in gateway.output(), 30, "MQTT connection")
         started = time.monotonic()
         while time.monotonic() - started < seconds and gateway.running:
@@ -393,11 +394,13 @@ def run_soak(
         "alive": alive,
         "mem_free": [status["mem_free"] for status in statuses],
         "restarts": statuses[-1]["restarts"] if statuses else None,
+        "main_errors": statuses[-1]["main_errors"] if statuses else None,
         "lines_written": written,
         "mqtt_lines": sum(1 for reading in mqtt if reading["device"] == "lines-1"),
         "missing_lines": sorted(
             set(range(written)) - {r["seq"] for r in mqtt if r["device"] == "lines-1"}
         )[:20],
+        "first_line": next((r["data"] for r in mqtt if r["device"] == "lines-1"), None),
         "mqtt_cobs": sum(1 for reading in mqtt if reading["device"] == "node-1"),
         "udp": len(udp.readings),
         "log": gateway.output(),
