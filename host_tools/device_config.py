@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised only on Python < 3.11
 
 ROLES = ("sensor_node", "gateway_node")
 BOARD_LINKS = ("stdio", "uart")  # fd and path are for nodes on a host
-# The options each stream type's driver reads (firmware/sensor_node/sensors.py, README table):
+# The options each stream type's driver reads (firmware/sensor_node/sensors*.py, README table):
 # the firmware ignores other keys, so a misspelt option would silently take its default.
 STREAM_OPTIONS = {
     "synthetic": ("period", "amplitude", "offset"),

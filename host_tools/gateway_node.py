@@ -1,7 +1,7 @@
 """The gateway-node firmware on a host: its files staged as a board gets them, and run.
 
 stage() lays out what provisioning copies to a board — the firmware's modules, the sensor
-node's link module, the part of gateway/core it uses and umqtt.simple — compiled by
+node's link modules, the part of gateway/core it uses and umqtt.simple — compiled by
 mpy-cross (main.py stays source: it is the script a board runs at boot). umqtt.simple comes
 from its published package on PyPI, fetched once into a cache and checked against its
 SHA-256. GatewayNodeProcess runs the staged firmware under the MicroPython unix port with
@@ -37,7 +37,10 @@ from host_tools.simulate import (
 
 DEFAULT_HEAP = GATEWAY_NODE_HEAP
 APP = "gateway_node"
-LINK_MODULE = resources.firmware_dir("sensor_node") / "link.py"
+# The sensor node's links: link.py picks one; a board's UARTs load link_board.py, the unix
+# port's ttys (`host-tools simulate --gateway-node`) link_host.py. All three are staged, so one
+# layout runs on both.
+LINK_MODULES = ("link.py", "link_board.py", "link_host.py")
 # umqtt.simple, the board's standard MQTT client, as published on PyPI (an sdist without a
 # setup.py, so pip cannot install it: the file itself is fetched and verified).
 UMQTT_VERSION = "1.3.4"
@@ -74,7 +77,8 @@ def umqtt_simple(cache: Path | None = None) -> Path:
         member = tar.extractfile(f"micropython-umqtt.simple-{UMQTT_VERSION}/umqtt/simple.py")
         source = member.read()
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
+    # Its own partial file: two processes fetching at once (test workers) must not write one.
+    partial = target.with_suffix(f".{os.getpid()}.part")
     partial.write_bytes(source)
     partial.replace(target)
     return target
@@ -93,8 +97,9 @@ def find_mpy_cross() -> str:
 def board_files() -> list[tuple[Path, str]]:
     """(source file, path on the board) for everything the gateway node runs."""
     files = [(path, board_path) for board_path, path in resources.app_files(APP).items()]
-    files.append((LINK_MODULE, "link.py"))
-    # The core modules the firmware imports (link.py's compat among them).
+    links = resources.firmware_dir("sensor_node")
+    files.extend((links / name, name) for name in LINK_MODULES)
+    # The core modules the firmware imports (link_host.py's compat among them).
     files.extend((path, board_path) for board_path, path in resources.core_files(APP).items())
     files.append((umqtt_simple(), "umqtt/simple.py"))
     return files

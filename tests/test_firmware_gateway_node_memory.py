@@ -9,62 +9,91 @@ import os
 import subprocess
 
 from gateway.core import protocol
+from gateway.core.step_chain import STEP_MODULES
 from gateway.sources.simulator import VirtualSerialDevice
+from host_tools import resources
 from tests.support.firmware import Peer, find_micropython, run_soak, staged_sensor_node
+from tests.support.waiting import wait_until
 
-SENSOR_NODE_HEAP = "112k"
+SENSOR_NODE_HEAP = "96k"
+FULL_FRAME = 247  # bytes of records in a sensor node's DATA frame (firmware README, "DATA")
+RECORD = 14  # one synthetic record: stream, dts, count, n and value
 SOAK_SECONDS = 24  # every path runs in the first seconds; make bench soaks for 10 minutes
+GATEWAY_NODE_FREE = 35 * 1024  # room left at 192k with steps (firmware README, "Memory")
 
 
 def test_the_gateway_node_runs_in_192k_with_free_memory_bounded(tmp_path):
-    """2 UART sources and 2 sinks under -X heapsize=192k: no MemoryError, nothing restarted,
-    every line delivered, and the free heap does not shrink over the run
+    """2 UART sources and 2 sinks under -X heapsize=192k, a preset with steps (a scale and a
+    rename): no MemoryError, nothing restarted, every line delivered and transformed, at
+    least GATEWAY_NODE_FREE bytes free, and the free heap does not shrink over the run
     (bench/gateway_node_soak.py runs the 10-minute version)."""
-    result = run_soak(str(tmp_path), seconds=SOAK_SECONDS, status_every=3)
+    result = run_soak(str(tmp_path), seconds=SOAK_SECONDS, status_every=3, steps=True)
     print("gateway node mem_free every 3 s:", result["mem_free"])
     log = result["log"][-3000:]
     assert result["alive"], log
     assert "MemoryError" not in result["log"], log
-    assert result["restarts"] == 0
+    assert result["restarts"] == 0 and result["main_errors"] == 0, log
     assert result["missing_lines"] == [] and result["mqtt_lines"] == result["lines_written"]
+    assert result["first_line"] == {"t": 0.05, "humidity": 0}  # the steps ran: 0.5 * 0.1
     assert result["mqtt_cobs"] >= 0.8 * SOAK_SECONDS * 20
     assert result["udp"] >= result["mqtt_lines"] + result["mqtt_cobs"] - 20
     free = result["mem_free"]
     assert len(free) >= 6
-    assert min(free) >= 16 * 1024, free
+    assert min(free) >= GATEWAY_NODE_FREE, free
     settled = free[1:]  # the first line comes before every path has run once
     assert min(settled[len(settled) // 2 :]) >= min(settled[: len(settled) // 2]) - 2048, free
 
 
+def test_the_board_carries_the_steps_but_not_their_validation():
+    """The board's pipeline (core.step_chain) loads a step family when a preset uses one; the
+    validation tables (core.steps) and the checked pipeline stay on the Pi."""
+    files = set(resources.core_files("gateway_node"))
+    families = {f"gateway/core/{module}.py" for module in STEP_MODULES.values()}
+    assert families | {"gateway/core/step_chain.py"} <= files
+    assert not {"gateway/core/steps.py", "gateway/core/pipeline.py"} & files
+
+
 def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
-    """The worst case for the sensor node's heap: no ACKs until its ring holds 64 full DATA
-    frames, then everything acknowledged while it catches up at 200 samples/s."""
+    """The worst case for the sensor node's heap: its ring full of full DATA frames, then
+    everything acknowledged while it catches up at 200 samples/s. The HELLO stays
+    unacknowledged meanwhile, so records pile up into full frames until sampling pauses (an
+    acknowledged HELLO would have each record sent at once, one per frame)."""
     device = VirtualSerialDevice()
-    config_path = tmp_path / "node.json"
     stream = {"name": "synthetic", "type": "synthetic", "rate": 200}
-    config = {"device": "n1", "streams": [stream], "link": {"type": "fd", "fd": device.master}}
-    config_path.write_text(json.dumps(config))
-    stage = staged_sensor_node()
-    log_path = tmp_path / "node.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                find_micropython(),
-                "-X",
-                f"heapsize={SENSOR_NODE_HEAP}",
-                os.path.join(stage, "main.py"),
-            ]
-            + ["--config", str(config_path)],
-            env={**os.environ, "MICROPYPATH": ".frozen:" + stage},
-            pass_fds=(device.master,),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    process, log_path = start_sensor_node(tmp_path, device, {"streams": [stream]})
+    peer = Peer(device.path)
+    failure = None
+    try:
+        peer.expect(protocol.HELLO, 5.0)
+        wait_until(lambda: ring_full(peer), 30, "the ring to fill", interval=0.25)
+        peer.ack_fresh()
+        unacked = peer.collect(protocol.DATA, 2)  # four go-back-N rounds of the full ring
+        acked = peer.collect_acking(4)
+        running = process.poll() is None
+    except AssertionError as error:  # the node stopped answering: its output tells why
+        failure = str(error)
+    finally:
+        process.kill()
+        process.wait()
+        peer.close()
+        device.close()
+    output = log_path.read_text(errors="replace")
+    assert failure is None, f"{failure}\n{output[-2000:]}"
+    assert len({frame.seq for frame in unacked}) == protocol.RING_FRAMES, "the ring did not fill"
+    assert min(len(frame.payload) for frame in unacked) > FULL_FRAME - RECORD, "frames not full"
+    assert running and "MemoryError" not in output, output[-2000:]
+    assert len(acked) > 100, f"only {len(acked)} frames after the ACKs resumed"
+
+
+def test_a_sensor_node_whose_ring_does_not_fit_its_heap_runs_on_the_defaults(tmp_path):
+    """The ring is allocated whole at boot, so a ring too big for the heap shows there: the
+    node runs on the default config (whose ring fits) and says which key did not fit."""
+    device = VirtualSerialDevice()
+    process, log_path = start_sensor_node(tmp_path, device, {"ring": 1024})
     peer = Peer(device.path)
     try:
-        peer.handshake()
-        unacked = peer.collect(protocol.DATA, 4)
-        acked = peer.collect_acking(6)
+        hello = peer.handshake()
+        log = peer.expect(protocol.LOG, where=lambda frame: b"ring: 1024" in frame.payload)
         running = process.poll() is None
     finally:
         process.kill()
@@ -72,6 +101,36 @@ def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
         peer.close()
         device.close()
     output = log_path.read_text(errors="replace")
-    assert len({frame.seq for frame in unacked}) == protocol.RING_FRAMES, "the ring did not fill"
+    assert hello["device"] == "sensor-node", hello  # the default config's name
+    assert protocol.parse_log(log.payload) == (
+        protocol.LOG_ERROR,
+        "ring: 1024 frames do not fit in the heap",
+    )
     assert running and "MemoryError" not in output, output[-2000:]
-    assert len(acked) > 100, f"only {len(acked)} frames after the ACKs resumed"
+
+
+def start_sensor_node(tmp_path, device, config):
+    """The sensor node as provisioning compiles it, under SENSOR_NODE_HEAP, with config (device
+    n1 on the device's pty unless it says otherwise); (process, path of its output)."""
+    config = {"device": "n1", "link": {"type": "fd", "fd": device.master}, **config}
+    config_path = tmp_path / "node.json"
+    config_path.write_text(json.dumps(config))
+    stage = staged_sensor_node()
+    log_path = tmp_path / "node.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [find_micropython(), "-X", f"heapsize={SENSOR_NODE_HEAP}"]
+            + [os.path.join(stage, "main.py"), "--config", str(config_path)],
+            env={**os.environ, "MICROPYPATH": ".frozen:" + stage},
+            pass_fds=(device.master,),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log_path
+
+
+def ring_full(peer: Peer) -> bool:
+    """Whether the node has paused sampling on a full ring (its ring_full counter)."""
+    status, result = peer.call("info", {"section": "counters"})
+    assert status == protocol.STATUS_OK, result
+    return result["counters"]["ring_full"] > 0

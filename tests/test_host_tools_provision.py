@@ -36,12 +36,17 @@ APP_FILES = [
     "gateway/core/__init__.py",
     "gateway/core/cobs.py",
     "gateway/core/compat.py",
-    "gateway/core/protocol.py",
+    "gateway/core/device_protocol.py",
     "link.py",
+    "link_board.py",
+    "link_host.py",
     "main.py",
     "node.py",
+    "node_commands.py",
     "ring.py",
     "sensors.py",
+    "sensors_adc.py",
+    "sensors_i2c.py",
 ]
 
 
@@ -98,7 +103,7 @@ def test_provisioned_node_boots_and_reaches_a_gateway_then_reruns_copy_only_chan
     device = write_toml(tmp_path)
     first = provision("--port", board.path, "-c", device)
     assert first.returncode == 0, first.stdout + first.stderr + board.console()[-2000:]
-    assert "12 written, 0 removed, 0 unchanged; board reset" in first.stdout
+    assert f"{len(APP_FILES)} written, 0 removed, 0 unchanged; board reset" in first.stdout
     assert board_files(board.root) == APP_FILES
     # Every file is byte for byte what the package holds (verified on the board as written).
     assert (board.root / "node.py").read_bytes() == (
@@ -124,11 +129,11 @@ def test_provisioned_node_boots_and_reaches_a_gateway_then_reruns_copy_only_chan
 
     second = provision("--port", board.path, "-c", device)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "0 written, 0 removed, 12 unchanged; board reset" in second.stdout
+    assert f"0 written, 0 removed, {len(APP_FILES)} unchanged; board reset" in second.stdout
 
     changed = provision("--port", board.path, "-c", write_toml(tmp_path, rate=5))
     assert changed.returncode == 0, changed.stdout + changed.stderr
-    assert "1 written, 0 removed, 11 unchanged" in changed.stdout
+    assert f"1 written, 0 removed, {len(APP_FILES) - 1} unchanged" in changed.stdout
     assert "wrote config.json (changed" in changed.stdout
     assert '"rate":5' in (board.root / "config.json").read_text()
 
@@ -175,7 +180,7 @@ def test_dry_run_lists_what_would_change_and_writes_nothing(board, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     would = [line.split()[2] for line in done.stdout.splitlines() if "would write" in line]
     assert sorted(would) == APP_FILES
-    assert "dry run: 12 file(s) would change, nothing written" in done.stdout
+    assert f"dry run: {len(APP_FILES)} file(s) would change, nothing written" in done.stdout
     assert board_files(board.root) == []
 
 
@@ -184,7 +189,7 @@ def test_compiled_modules_replace_their_sources_and_back(board, tmp_path):
     compiled = provision("--port", board.path, "-c", device, "--mpy")
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
     files = board_files(board.root)
-    assert "node.mpy" in files and "gateway/core/protocol.mpy" in files
+    assert "node.mpy" in files and "gateway/core/device_protocol.mpy" in files
     assert "main.py" in files  # the boot script stays source
     assert not [name for name in files if name.endswith(".py") and name != "main.py"]
     # The node runs from the .mpy files: its HELLO comes out of the board's port.
@@ -208,8 +213,9 @@ def test_a_fleet_inventory_provisions_each_board_with_a_summary(tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         table = done.stdout[done.stdout.index("PORT") :].splitlines()
         assert table[0].split() == ["PORT", "DEVICE", "WRITTEN", "REMOVED", "UNCHANGED", "RESULT"]
-        assert table[1].split() == [first.path, "bench-a", "12", "0", "0", "ok"]
-        assert table[2].split() == [second.path, "bench-b", "12", "0", "0", "ok"]
+        written = str(len(APP_FILES))
+        assert table[1].split() == [first.path, "bench-a", written, "0", "0", "ok"]
+        assert table[2].split() == [second.path, "bench-b", written, "0", "0", "ok"]
         assert '"device":"bench-b"' in (tmp_path / "b" / "config.json").read_text()
 
 
@@ -285,7 +291,7 @@ def test_a_gateway_node_is_provisioned_with_its_dependencies_and_publishes(tmp_p
         {"temperature": 21.5},
     )
     again = provision("--role", "gateway_node", "--port", board.path, "-c", str(config))
-    assert "0 written, 0 removed, 30 unchanged" in again.stdout, again.stdout + again.stderr
+    assert "0 written, 0 removed, 39 unchanged" in again.stdout, again.stdout + again.stderr
 
 
 @pytest.mark.parametrize(

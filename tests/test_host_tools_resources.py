@@ -28,7 +28,7 @@ def test_a_board_gets_only_the_core_modules_its_app_imports():
         "gateway/core/__init__.py",
         "gateway/core/cobs.py",
         "gateway/core/compat.py",
-        "gateway/core/protocol.py",
+        "gateway/core/device_protocol.py",
     ]
     assert all(path.is_file() for path in files.values())
 

@@ -6,7 +6,7 @@ they find it through the package, not through a source tree:
 
 1. `host-tools simulate --micropython`: the node it starts sends its HELLO on the printed
    port, and Ctrl-C (SIGINT) ends it with exit code 0;
-2. `host-tools provision --dry-run` against a MicroPython unix-port board lists the 12
+2. `host-tools provision --dry-run` against a MicroPython unix-port board lists the 17
    files a sensor node gets;
 3. `host-tools conformance --micropython`: every check passes.
 
@@ -129,9 +129,9 @@ def check_provision(bin_dir: Path, work: Path) -> None:
             env=clean_env(),
             timeout=120,
         )
-    if "dry run: 12 file(s) would change, nothing written" not in done.stdout:
+    if "dry run: 17 file(s) would change, nothing written" not in done.stdout:
         raise SystemExit(f"wheel check: provision --dry-run said:\n{done.stdout}")
-    step("  12 files would be written, none were")
+    step("  17 files would be written, none were")
 
 
 def check_conformance(bin_dir: Path, work: Path) -> None:

@@ -1,12 +1,9 @@
-"""Byte transports to the gateway: USB CDC stdio or a UART on a board; an fd or tty on a host.
+"""Byte transports to the gateway: make_link picks one (link_board: USB CDC stdio or a UART
+on a board; link_host: a pty or a tty on a host), and only its module is loaded.
 
 Every link has: async open(), async read() -> bytes (never empty), async write(data),
 close(), and `reopens` (True when read() raising LinkClosed is worth an open() retry).
 """
-
-import sys
-
-from gateway.core import compat
 
 # Bytes asked for per read (a frame may span reads). Small: every frame of a read is decoded
 # at once, and 512 bytes of ACKs are 40 frames whose lists a full ring's heap cannot spare.
@@ -20,263 +17,22 @@ class LinkClosed(Exception):
 def make_link(spec):
     """The link for a validated config "link" object (not opened yet)."""
     kind = spec["type"]
+    # Each side's links in a module of their own, imported only for the link types that use
+    # them: a board's heap never holds the host links, nor a host's the board links.
     if kind == "stdio":
+        from link_board import StdioLink
+
         return StdioLink()
     if kind == "uart":
+        from link_board import UartLink
+
         return UartLink(spec)
     if kind == "fd":
+        from link_host import FdLink
+
         return FdLink(spec["fd"])
     if kind == "path":
+        from link_host import FdLink
+
         return FdLink(None, spec["path"])
     raise ValueError(f"unknown link type {kind!r}")
-
-
-# -- on a board ------------------------------------------------------------------------------
-
-
-class StdioLink:
-    """USB CDC through sys.stdin/sys.stdout, with Ctrl-C disabled so data bytes stay data.
-
-    stdin.read(n) blocks until n bytes came, so one byte is awaited and then whatever else is
-    already waiting is taken without blocking (polled with a zero timeout).
-    """
-
-    reopens = False
-
-    def __init__(self):
-        self.reader = None
-        self.writer = None
-        self.poller = None
-
-    async def open(self):
-        import asyncio
-        import select
-
-        import micropython
-
-        micropython.kbd_intr(-1)  # 0x03 inside a frame must not raise KeyboardInterrupt
-        self.reader = asyncio.StreamReader(sys.stdin.buffer)
-        self.writer = asyncio.StreamWriter(sys.stdout.buffer, {})
-        self.poller = select.poll()
-        self.poller.register(sys.stdin, select.POLLIN)
-
-    async def read(self):
-        data = await self.reader.read(1)
-        more = []
-        count = 1
-        while count < CHUNK and self.poller.poll(0):
-            more.append(sys.stdin.buffer.read(1))
-            count += 1
-        return data + b"".join(more) if more else data
-
-    async def write(self, data):
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self):
-        import micropython
-
-        micropython.kbd_intr(3)
-
-
-class UartLink:
-    """A machine.UART (e.g. to a Raspberry Pi's GPIO UART or a USB-serial adapter)."""
-
-    reopens = False
-
-    def __init__(self, spec):
-        self.spec = spec
-        self.reader = None
-        self.writer = None
-
-    async def open(self):
-        import asyncio
-
-        import machine
-
-        keywords = {"baudrate": self.spec.get("baud", 115200), "timeout": 0}
-        for pin in ("tx", "rx"):
-            if pin in self.spec:
-                keywords[pin] = machine.Pin(self.spec[pin])
-        uart = machine.UART(self.spec.get("id", 0), **keywords)
-        self.reader = asyncio.StreamReader(uart)
-        self.writer = asyncio.StreamWriter(uart, {})
-
-    async def read(self):
-        while True:
-            data = await self.reader.read(CHUNK)
-            if data:
-                return data
-
-    async def write(self, data):
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self):
-        pass
-
-
-# -- on a host -------------------------------------------------------------------------------
-
-
-def FdLink(fd, path=None):
-    """An inherited file descriptor (the master end of a pty) or a tty opened by path."""
-    if compat.MICROPYTHON:
-        return MicroFdLink(fd, path)
-    return PosixFdLink(fd, path)
-
-
-class MicroFdLink:
-    """The MicroPython unix port: a FileIO on the fd, driven by asyncio's poll-based streams.
-
-    FileIO.read(n) loops until n bytes arrive on a blocking descriptor. An inherited pty master
-    is non-blocking already (read returns what is there); a tty opened by path is made raw with
-    VMIN=0 and VTIME=0, so a read after poll() said "readable" returns what is waiting. There is
-    no fcntl to set O_NONBLOCK, termios is what the port offers.
-    """
-
-    def __init__(self, fd, path):
-        self.fd = fd
-        self.path = path
-        self.reopens = path is not None
-        self.file = None
-        self.reader = None
-        self.writer = None
-
-    async def open(self):
-        import asyncio
-
-        if self.path is None:
-            self.file = open(self.fd, "r+b")  # noqa: SIM115 - held open for the link's life
-        else:
-            self.file = _open_raw_tty(self.path)
-        self.reader = asyncio.StreamReader(self.file)
-        self.writer = asyncio.StreamWriter(self.file, {})
-
-    async def read(self):
-        try:
-            data = await self.reader.read(CHUNK)
-        except OSError as error:  # EIO: the other end of the pty is gone
-            raise LinkClosed(str(error)) from None
-        if not data:  # readable with nothing to read: hangup
-            raise LinkClosed("end of file")
-        return data
-
-    async def write(self, data):
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except OSError as error:
-            raise LinkClosed(str(error)) from None
-
-    def close(self):
-        if self.file is not None and self.path is not None:
-            self.file.close()
-        self.file = None
-
-
-# Linux termios bits (the unix port's termios module names none of them): what cfmakeraw()
-# clears in the input, output and local modes, and sets in the control modes.
-_RAW_IFLAG_OFF = 0o1 | 0o2 | 0o10 | 0o40 | 0o100 | 0o200 | 0o400 | 0o2000
-_RAW_OFLAG_OFF = 0o1  # OPOST
-_RAW_LFLAG_OFF = 0o10 | 0o100 | 0o2 | 0o1 | 0o100000  # ECHO ECHONL ICANON ISIG IEXTEN
-_RAW_CFLAG_OFF = 0o60 | 0o400  # CSIZE PARENB
-_RAW_CFLAG_ON = 0o60  # CS8
-
-
-def _open_raw_tty(path):
-    import termios
-
-    handle = open(path, "r+b")  # noqa: SIM115 - the caller keeps it
-    fd = handle.fileno()
-    if sys.platform != "linux":
-        termios.setraw(fd)  # flushes input waiting in the tty (TCSAFLUSH)
-    attributes = termios.tcgetattr(fd)
-    if sys.platform == "linux":
-        # Raw mode set with TCSANOW: what the device wrote before the port was opened stays
-        # (termios.setraw would discard it, unlike the Pi gateway's pyserial).
-        attributes[0] &= ~_RAW_IFLAG_OFF
-        attributes[1] &= ~_RAW_OFLAG_OFF
-        attributes[2] = (attributes[2] & ~_RAW_CFLAG_OFF) | _RAW_CFLAG_ON
-        attributes[3] &= ~_RAW_LFLAG_OFF
-    attributes[6][5] = 0  # VTIME
-    attributes[6][6] = 0  # VMIN: read() returns at once with what is there
-    termios.tcsetattr(fd, termios.TCSANOW, attributes)
-    return handle
-
-
-class PosixFdLink:
-    """CPython: a non-blocking descriptor watched with the event loop's add_reader/add_writer."""
-
-    def __init__(self, fd, path):
-        self.fd = fd
-        self.path = path
-        self.reopens = path is not None
-
-    async def open(self):
-        import os
-
-        if self.path is not None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            if os.isatty(self.fd):
-                import tty
-
-                tty.setraw(self.fd)
-        os.set_blocking(self.fd, False)
-
-    async def read(self):
-        import os
-
-        while True:
-            await self._ready(True)
-            try:
-                data = os.read(self.fd, CHUNK)
-            except BlockingIOError:
-                continue
-            except OSError as error:
-                raise LinkClosed(str(error)) from None
-            if not data:
-                raise LinkClosed("end of file")
-            return data
-
-    async def write(self, data):
-        import os
-
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[os.write(self.fd, view) :]
-                continue
-            except BlockingIOError:
-                pass
-            except OSError as error:
-                raise LinkClosed(str(error)) from None
-            await self._ready(False)
-
-    async def _ready(self, readable):
-        import asyncio
-
-        loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        watch, unwatch = (
-            (loop.add_reader, loop.remove_reader)
-            if readable
-            else (loop.add_writer, loop.remove_writer)
-        )
-        watch(self.fd, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            unwatch(self.fd)
-
-    def close(self):
-        import os
-
-        if self.path is not None and self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def _resolve(waiter):
-    if not waiter.done():
-        waiter.set_result(None)

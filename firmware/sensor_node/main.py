@@ -8,12 +8,21 @@ launcher (host-tools simulate, tests/support/firmware.py) passes down. Exit code
 0 stopped (SIGINT or the REPL escape), 1 crashed, 2 bad arguments, 3 link lost for good.
 """
 
+import gc
 import sys
 
-from link import LinkClosed, make_link
-from node import ConfigError, Node, print_error
+# MicroPython collects only when an allocation fails unless told otherwise: the garbage of
+# loading the modules below then lies between the objects they keep, and the heap a full ring
+# leaves is in crumbs (at 104k, 12 KB of holes too small for a frame). Collecting every 8 KB
+# allocated keeps what stays packed together, here and while the node runs.
+GC_THRESHOLD = 8192
+if hasattr(gc, "threshold"):  # MicroPython (CPython's gc has no such call)
+    gc.threshold(GC_THRESHOLD)
 
-from gateway.core import compat
+from link import LinkClosed, make_link  # noqa: E402 - after the threshold, on purpose
+from node import ConfigError, Node, print_error  # noqa: E402
+
+from gateway.core import compat  # noqa: E402
 
 HOST = sys.platform in ("linux", "darwin", "win32", "cygwin")
 EXIT_CODES = {"stopped": 0, "repl": 0, "crashed": 1, "usage": 2, "link_lost": 3}
@@ -72,6 +81,17 @@ def load_config(config_path):
         release_config()
 
 
+def fallback_config(config):
+    """The defaults to run on when config cannot (config.fallback), config.py let go again:
+    a name bound to the module in run() would keep its 7 KB for as long as the node runs."""
+    import config as node_config
+
+    try:
+        return node_config.fallback(config)
+    finally:
+        release_config()
+
+
 def release_config():
     sys.modules.pop("config", None)
 
@@ -80,17 +100,20 @@ async def run(config_path):
     """Boot after boot until the link is lost or the REPL is asked for; returns the outcome."""
     config, errors = load_config(config_path)
     link = await open_link(config)
+    fallback = None
     try:
         while True:
             try:
                 node = Node(config, link, config_path, echo if HOST else None, errors)
             except ConfigError as error:
-                import config as node_config
-
-                config, errors = node_config.fallback(config), error.errors
-                release_config()
+                if fallback is not None:
+                    raise  # not even the defaults run (a heap too small for their ring)
+                config = fallback = fallback_config(config)
+                errors = error.errors
                 continue
+            fallback = None
             outcome = await node.run()
+            node = None  # its ring goes before the next boot allocates one
             if outcome != "reboot":
                 return outcome
             if not HOST:

@@ -12,11 +12,11 @@ import sensors
 from link import LinkClosed
 from ring import Ring
 
-from gateway.core import compat, protocol
+from gateway.core import compat
+from gateway.core import device_protocol as protocol  # the device's part: no gateway parsers
 
 FW_VERSION = "0.1.0"
 CAPS = ["cmd", "log", "heartbeat"]
-RECORD_HEAD = 6  # stream index u8, dts u32, count u8
 # DATA frames are capped at 256 bytes (247 of records), as docs/protocol.md §5 suggests, so
 # the ring of 64 frames takes at most ~16 KB; HELLO and RESP may use the full frame.
 DATA_MAX_PAYLOAD = min(protocol.MAX_PAYLOAD, 247)
@@ -30,9 +30,6 @@ SHORT_WAIT_MS = 50  # sampler waits up to this long are plain sleeps (no cancell
 # always reach the REPL through a node that has Ctrl-C disabled. README.md explains.
 REPL_ESCAPE = b"\x00\x03\x03\x03\x03\x03\x00"
 
-# Keys a changed config must keep for the running node to apply it without a reboot.
-REBOOT_KEYS = ("device", "streams", "link", "ring")
-
 
 class ConfigError(Exception):
     """The config cannot run (config.ConfigError's twin, raised without loading config)."""
@@ -40,17 +37,6 @@ class ConfigError(Exception):
     def __init__(self, errors):
         super().__init__("; ".join(errors))
         self.errors = errors
-
-
-def _config_module():
-    """config.py, imported when a command needs it: a small heap runs without it loaded."""
-    import config
-
-    return config
-
-
-class BadArguments(Exception):
-    """A command's arguments are wrong; the text goes back in the RESP."""
 
 
 def random_boot_id():
@@ -87,7 +73,6 @@ class Stream:
         self.rate = float(spec["rate"])
         self.sensor = sensor
         self.fields = list(sensor.fields)
-        self.record_size = RECORD_HEAD + 4 * len(self.fields)
         self.changed = compat.Event()
         self.failing = False
 
@@ -103,14 +88,21 @@ class Node:
         self.link = link
         self.config_path = config_path
         self.echo = echo  # host only: where LOG text is also printed (a board's stdout is the link)
+        self.device = config["device"]
         self.boot = random_boot_id()
         self.clock = Clock()
         self.streams = [
             Stream(index, spec, sensors.make_sensor(spec))
             for index, spec in enumerate(config["streams"])
         ]
-        self.ring = Ring(config["ring"])
-        self.pending = []  # records sampled and not yet packed into a DATA frame
+        try:
+            self.ring = Ring(config["ring"], slot_size=DATA_MAX_PAYLOAD)
+        except MemoryError:  # the ring is allocated whole at boot: too big shows here, at once
+            frames = config["ring"]
+            raise ConfigError([f"ring: {frames} frames do not fit in the heap"]) from None
+        # Records sampled and not yet in the ring, packed as they come (a frame's worth at
+        # most): one buffer for the life of the node, not an object per record.
+        self.pending = bytearray(DATA_MAX_PAYLOAD)
         self.pending_size = 0
         self.logs = []
         self.hello_acked = False
@@ -142,20 +134,23 @@ class Node:
             "nacks": 0,
             "logs_dropped": 0,
         }
-        self.hello = self._describe()
-        widest = dict(self.hello)
+        widest = self.describe()
         widest["oldest"] = 0xFFFF  # the longest number a later HELLO may carry there
         if len(protocol.hello_payload(widest)) > protocol.MAX_PAYLOAD:
             raise ConfigError(["streams: too many to describe in one HELLO frame"])
         for error in boot_errors:
             self.log(protocol.LOG_ERROR, error)
 
-    def _describe(self):
+    def describe(self):
+        """The HELLO, built each time it is sent (a heap with a full ring has no room to keep
+        it). It names the device this boot started as: a changed device takes a reboot."""
         return {
-            "device": self.config["device"],
+            "device": self.device,
             "fw": FW_VERSION,
             "proto": [protocol.VERSION],
             "boot": self.boot,
+            # The frame resent first after the HELLO-ACK (the next seq when the ring is empty):
+            # a gateway without state for this boot takes nothing else first, so a loss shows.
             "oldest": self.ring.first_seq,
             "max_frame": protocol.MAX_FRAME,
             "streams": [stream.describe() for stream in self.streams],
@@ -227,12 +222,9 @@ class Node:
         return True
 
     async def send_hello(self):
-        # The frame resent first after the HELLO-ACK (the next seq when the ring is empty): a
-        # gateway without state for this boot takes nothing else first, so losing it shows.
-        self.hello["oldest"] = self.ring.first_seq
         self.hello_sent_at = compat.ticks_ms()
         self.counters["hellos"] += 1
-        await self._send(protocol.HELLO, protocol.hello_payload(self.hello))
+        await self._send(protocol.HELLO, protocol.hello_payload(self.describe()))
 
     async def _send_nack(self, code, expected=0, reason=""):
         await self._send(protocol.NACK, protocol.nack_payload(code, expected, reason))
@@ -240,7 +232,7 @@ class Node:
     # -- sampling and packing ------------------------------------------------------------------
 
     async def _sample(self, stream):
-        """Read the stream's sensor at its rate; records go to the sender's pending list."""
+        """Read the stream's sensor at its rate; records go to the sender's pending buffer."""
         due = compat.ticks_ms()
         carry = 0.0  # fractions of a millisecond, so 3 samples/s really is 3 a second
         while True:
@@ -276,9 +268,7 @@ class Node:
                     stream.failing = False
                     self.log(protocol.LOG_INFO, f"{stream.name}: readings again")
                 self.counters["samples"] += 1
-                await self._queue_record(
-                    (stream.index, self.uptime_ms(), values), stream.record_size
-                )
+                await self._queue_record(stream, self.uptime_ms(), values)
             if not stream.rate:
                 continue
             period = 1000.0 / stream.rate + carry
@@ -288,7 +278,8 @@ class Node:
             if compat.ticks_diff(compat.ticks_ms(), due) > step:
                 due = compat.ticks_ms()  # fell behind by a whole period: skip, do not burst
 
-    async def _queue_record(self, record, size):
+    async def _queue_record(self, stream, dts, values):
+        size = protocol.RECORD_SIZE + 4 * len(values)
         while self.pending_size + size > DATA_MAX_PAYLOAD:
             self._pack_frame()
             if self.pending_size + size <= DATA_MAX_PAYLOAD:
@@ -302,15 +293,16 @@ class Node:
                 )
             self.room.clear()
             await self.room.wait()
-        self.pending.append(record)
-        self.pending_size += size
+        self.pending_size = protocol.pack_record(
+            self.pending, self.pending_size, stream.index, dts, values
+        )
         self.wake.set()
 
     def _pack_frame(self):
-        """Pack the oldest pending records into one DATA payload, if the ring has (or may make)
-        room. Records wait in pending until the sender can use a frame or a frame's worth has
-        gathered, so a slow or absent gateway gets full frames, not one record each."""
-        if not self.pending:
+        """Move the pending records into the ring as one DATA payload, if the ring has (or may
+        make) room. Records wait in pending until the sender can use a frame or a frame's worth
+        has gathered, so a slow or absent gateway gets full frames, not one record each."""
+        if not self.pending_size:
             return
         if self.ring.full():
             if self.config["ring_policy"] != "drop_oldest":
@@ -319,17 +311,8 @@ class Node:
             self.counters["dropped_frames"] += 1
             if self.ring.dropped_in_session == 1:
                 self.log(protocol.LOG_WARNING, "ring full: dropping the oldest frames")
-        take = 0
-        size = 0
-        for record in self.pending:
-            record_size = RECORD_HEAD + 4 * len(record[2])
-            if size + record_size > DATA_MAX_PAYLOAD:
-                break
-            size += record_size
-            take += 1
-        self.ring.push(protocol.data_payload(self.pending[:take]))
-        del self.pending[:take]
-        self.pending_size -= size
+        self.ring.push(memoryview(self.pending)[: self.pending_size])
+        self.pending_size = 0
         if self.ring_blocked:
             self.ring_blocked = False
             self.log(protocol.LOG_INFO, "ring has room again: sampling resumed")
@@ -515,7 +498,6 @@ class Node:
     async def _new_session(self, reason):
         """Frames the gateway still expects are gone: announce a new boot id, number from 0."""
         self.boot = random_boot_id()
-        self.hello = self._describe()
         self.ring.renumber(0)
         self.hello_acked = False
         self.counters["sessions"] += 1
@@ -536,9 +518,8 @@ class Node:
         elif code == protocol.NACK_OUT_OF_ORDER:
             await self._on_out_of_order(expected)
         elif self.echo is not None:  # BAD_PAYLOAD, BUSY, ...: the timer covers a resend
-            name = protocol.NACK_NAMES.get(code, code)
             self.echo(
-                "[{}] NACK {} from the gateway: {}".format(self.config["device"], name, reason)
+                "[{}] NACK code {} from the gateway: {}".format(self.config["device"], code, reason)
             )
 
     async def _on_out_of_order(self, expected):
@@ -576,26 +557,23 @@ class Node:
             request_id = frame.payload[0] | frame.payload[1] << 8
             await self._respond(request_id, protocol.NACK_BAD_PAYLOAD, {"error": error.reason})
             return
-        handler = COMMANDS.get(name)
-        if handler is None:
-            known = ", ".join(sorted(COMMANDS))
-            await self._respond(
-                request_id,
-                protocol.NACK_UNKNOWN_COMMAND,
-                {"error": f"unknown command {name!r}; known: {known}"},
-            )
-            return
-        try:
-            result = handler(self, args)
-        except BadArguments as error:
-            await self._respond(request_id, protocol.NACK_BAD_ARGUMENTS, {"error": str(error)})
-            return
-        finally:
-            sys.modules.pop("config", None)  # loaded by set_rate, set_config: let it go again
-        await self._respond(request_id, protocol.STATUS_OK, result)
-        if name == "reboot":
+        status, result = self._run_command(name, args)
+        await self._respond(request_id, status, result)
+        if name == "reboot" and status == protocol.STATUS_OK:
             await compat.sleep_ms(REBOOT_DELAY_MS)  # let the RESP leave the UART
             self.finish("reboot")
+
+    def _run_command(self, name, args):
+        """(status, result) of a command. node_commands is loaded for it and let go again, with
+        config.py that set_rate and set_config load: neither is in the heap while the RESP is
+        encoded, nor between commands."""
+        import node_commands
+
+        try:
+            return node_commands.run(self, name, args)
+        finally:
+            sys.modules.pop("node_commands", None)
+            sys.modules.pop("config", None)
 
     async def _respond(self, request_id, status, result):
         payload = protocol.resp_payload(request_id, status, result)
@@ -604,98 +582,9 @@ class Node:
             payload = protocol.resp_payload(request_id, protocol.NACK_TOO_LARGE, error)
         await self._send(protocol.RESP, payload)
 
-    def command_ping(self, args):
-        return {"pong": True, "uptime_ms": self.uptime_ms()}
-
-    def command_info(self, args):
-        """The HELLO plus state; parts that would not fit one frame are left out and named."""
-        section = args.get("section")
-        if section == "config":
-            return {"config": self.config}
-        if section == "counters":
-            return {"counters": self.counters}
-        if section is not None:
-            raise BadArguments(f'section: expected "config" or "counters", got {section!r}')
-        result = dict(self.hello)
-        result["oldest"] = self.ring.first_seq
-        result["uptime_ms"] = self.uptime_ms()
-        result["queued"] = len(self.ring)
-        result["config"] = self.config
-        omitted = []
-        for key in ("config", "streams", "caps"):
-            if len(protocol.resp_payload(0, 0, result)) <= protocol.MAX_PAYLOAD:
-                break
-            del result[key]
-            omitted.append(key)
-            result["omitted"] = omitted
-        return result
-
-    def command_set_rate(self, args):
-        name = args.get("stream")
-        stream = None
-        for candidate in self.streams:
-            if candidate.name == name:
-                stream = candidate
-        if stream is None:
-            names = ", ".join([s.name for s in self.streams])
-            raise BadArguments(f"stream: expected one of {names}, got {name!r}")
-        rate = args.get("rate")
-        valid = isinstance(rate, (int, float)) and not isinstance(rate, bool)
-        node_config = _config_module()
-        if not valid or not 0 <= rate <= node_config.MAX_RATE:
-            raise BadArguments(
-                f"rate: expected a number 0..{node_config.MAX_RATE:g} (0 pauses), got {rate!r}"
-            )
-        stream.rate = float(rate)
-        stream.changed.set()
-        self.hello["streams"][stream.index]["rate"] = stream.rate
-        self.config["streams"][stream.index]["rate"] = rate
-        saved = self._save()
-        self.log(protocol.LOG_INFO, f"{name}: rate {stream.rate:g}/s")
-        return {"stream": name, "rate": stream.rate, "saved": saved}
-
-    def command_set_config(self, args):
-        """Merge args into the config (null removes a key: its default applies) and save it."""
-        if not args:
-            raise BadArguments("expected the keys to set, got none")
-        node_config = _config_module()
-        merged = node_config.merge(node_config.DEFAULTS, node_config.merge(self.config, args))
-        errors = node_config.validate(merged)
-        if errors:
-            raise BadArguments("; ".join(errors))
-        changed = sorted(node_config.changed_keys(self.config, merged))
-        reboot = [key for key in changed if key in REBOOT_KEYS]
-        self.config = merged
-        self.room.set()  # a sampler blocked on a full ring re-checks the (maybe new) policy
-        saved = self._save()
-        self.log(protocol.LOG_INFO, "config changed: {}".format(", ".join(changed) or "nothing"))
-        return {"keys": changed, "saved": saved, "reboot_required": bool(reboot)}
-
-    def command_reboot(self, args):
-        return {}
-
-    def _save(self):
-        if self.config_path is None:
-            return False
-        try:
-            _config_module().save(self.config_path, self.config)
-        except OSError as error:
-            self.log(protocol.LOG_ERROR, f"config not saved: {error}")
-            return False
-        return True
-
 
 def seq_before(seq):
     return protocol.seq_add(seq, -1)
-
-
-COMMANDS = {
-    "ping": Node.command_ping,
-    "info": Node.command_info,
-    "set_rate": Node.command_set_rate,
-    "set_config": Node.command_set_config,
-    "reboot": Node.command_reboot,
-}
 
 
 def print_error(error):

@@ -1,6 +1,8 @@
 """The bounded RAM ring of unacknowledged DATA payloads and its go-back-N send cursor."""
 
-from gateway.core.protocol import seq_add, seq_diff
+from gateway.core.device_protocol import MAX_PAYLOAD, seq_add, seq_diff
+
+CHUNK_BYTES = 1024  # the ring's buffers are at most this long (or one slot, if longer)
 
 
 class Ring:
@@ -13,11 +15,17 @@ class Ring:
     epoch changes when the payloads are numbered afresh (a new session).
     """
 
-    def __init__(self, capacity, first_seq=0):
+    def __init__(self, capacity, first_seq=0, slot_size=MAX_PAYLOAD):
         self.capacity = capacity
-        # Fixed slots used circularly: a list that grew and shrank with the ring would be
-        # reallocated (512 bytes at 64 frames) just when a full ring leaves the heap least room.
-        self._slots = [None] * capacity
+        self.slot_size = slot_size
+        # Fixed slots, used circularly, in buffers allocated once: payloads as objects of their
+        # own would each cost a header and scatter over the heap, which a full ring would leave
+        # fragmented (a 256-byte frame then finds no room although kilobytes are free). Buffers
+        # of a few slots, not one: a heap that imports fragmented may lack a 16 KB block.
+        self._per_chunk = max(1, CHUNK_BYTES // slot_size)
+        chunks = (capacity + self._per_chunk - 1) // self._per_chunk
+        self._chunks = [bytearray(self._per_chunk * slot_size) for _ in range(chunks)]
+        self._sizes = [0] * capacity
         self._head = 0  # slot of the oldest payload
         self._count = 0
         self.first_seq = first_seq
@@ -35,8 +43,11 @@ class Ring:
         return self._count >= self.capacity
 
     def payload(self, index):
-        """The payload index places after the oldest (0: the oldest)."""
-        return self._slots[(self._head + index) % self.capacity]
+        """The payload index places after the oldest (0: the oldest), a view into its slot:
+        valid until the ring releases it, so a sender encodes it before it awaits anything."""
+        slot = (self._head + index) % self.capacity
+        chunk, start = self._place(slot)
+        return memoryview(chunk)[start : start + self._sizes[slot]]
 
     def next_seq(self):
         return seq_add(self.first_seq, self._count)
@@ -50,11 +61,18 @@ class Ring:
         return seq_diff(seq, self.first_seq)
 
     def push(self, payload):
-        """Append a payload; returns its seq. The caller makes room first (full() is False)."""
+        """Append a copy of payload; returns its seq. The caller makes room first (full() is
+        False)."""
         if self.full():
             raise OverflowError("ring full")
+        size = len(payload)
+        if size > self.slot_size:
+            raise ValueError(f"payload of {size} bytes exceeds the slot size {self.slot_size}")
         seq = self.next_seq()
-        self._slots[(self._head + self._count) % self.capacity] = payload
+        slot = (self._head + self._count) % self.capacity
+        chunk, start = self._place(slot)
+        chunk[start : start + size] = payload
+        self._sizes[slot] = size
         self._count += 1
         return seq
 
@@ -73,9 +91,13 @@ class Ring:
         self._remove(count)
         return count
 
+    def _place(self, slot):
+        """(buffer, offset) of a slot."""
+        return self._chunks[slot // self._per_chunk], slot % self._per_chunk * self.slot_size
+
     def _remove(self, count):
         for index in range(count):
-            self._slots[(self._head + index) % self.capacity] = None
+            self._sizes[(self._head + index) % self.capacity] = 0
         self._head = (self._head + count) % self.capacity
         self._count -= count
         self.first_seq = seq_add(self.first_seq, count)

@@ -1,12 +1,13 @@
-"""Sensor drivers: each configured stream becomes an object whose read() returns its values.
+"""Sensor streams: each configured stream becomes an object whose read() returns its values.
 
-Drivers touch `machine` only when instantiated, so a host (or a board without the part) can
-import this module and run the synthetic stream.
+This module holds what every node needs (the fields of each type, the synthetic stream) and
+the conversions of raw readings by the datasheets. The drivers of real parts live in one
+module per family, imported only when a stream of that family is built: sensors_adc
+(rp2040_temp, adc) and sensors_i2c (sht3x, aht20). A node without such streams never loads
+them, and they touch `machine` only when instantiated.
 """
 
 import math
-
-from gateway.core import compat
 
 # The fields each stream type reports, in record order (announced in HELLO).
 FIELDS = {
@@ -18,6 +19,7 @@ FIELDS = {
 }
 
 SYNTHETIC_WRAP = 1 << 24  # n stays exact as a float32 counter
+AHT20_BUSY = 0x80  # status bit: a measurement is still running
 
 
 class SensorError(Exception):
@@ -39,14 +41,14 @@ def _make(stream):
         return Synthetic(
             stream.get("period", 60), stream.get("amplitude", 1.0), stream.get("offset", 0.0)
         )
-    if kind == "rp2040_temp":
-        return RP2040Temperature()
-    if kind == "adc":
-        return Adc(stream["pin"], stream.get("vref", 3.3))
-    if kind == "sht3x":
-        return SHT3x(make_i2c(stream.get("i2c", {})), stream.get("address", SHT3x.ADDRESS))
-    if kind == "aht20":
-        return AHT20(make_i2c(stream.get("i2c", {})), stream.get("address", AHT20.ADDRESS))
+    if kind in ("rp2040_temp", "adc"):
+        import sensors_adc
+
+        return sensors_adc.make(stream)
+    if kind in ("sht3x", "aht20"):
+        import sensors_i2c
+
+        return sensors_i2c.make(stream)
     raise ValueError(f"unknown stream type {kind!r}")
 
 
@@ -87,57 +89,13 @@ class Synthetic:
         return [n, synthetic_value(n, self.period, self.amplitude, self.offset)]
 
 
-# -- on-chip ADC ---------------------------------------------------------------------------
+# -- conversions by the datasheets (pure, so they are tested on any Python) -------------------
 
 
 def rp2040_celsius(raw_u16, vref=3.3):
     """RP2040 datasheet §4.9.5: T = 27 - (V_be - 0.706 V) / 1.721 mV per degree."""
     volts = raw_u16 * vref / 65535
     return 27 - (volts - 0.706) / 0.001721
-
-
-class RP2040Temperature:
-    """The RP2040's internal temperature sensor on ADC channel 4."""
-
-    fields = FIELDS["rp2040_temp"]
-
-    def __init__(self):
-        import machine
-
-        self.adc = machine.ADC(4)
-
-    async def read(self):
-        return [rp2040_celsius(self.adc.read_u16())]
-
-
-class Adc:
-    """An ADC pin: the raw 16-bit reading and the voltage it stands for."""
-
-    fields = FIELDS["adc"]
-
-    def __init__(self, pin, vref=3.3):
-        import machine
-
-        self.adc = machine.ADC(machine.Pin(pin))
-        self.vref = vref
-
-    async def read(self):
-        raw = self.adc.read_u16()
-        return [raw, raw * self.vref / 65535]
-
-
-# -- I2C temperature and humidity ------------------------------------------------------------
-
-
-def make_i2c(spec):
-    """machine.I2C from {"id", "scl", "sda", "freq"}; pins default to the port's own."""
-    import machine
-
-    keywords = {"freq": spec.get("freq", 100000)}
-    for pin in ("scl", "sda"):
-        if pin in spec:
-            keywords[pin] = machine.Pin(spec[pin])
-    return machine.I2C(spec.get("id", 0), **keywords)
 
 
 def sensirion_crc8(data):
@@ -162,78 +120,14 @@ def decode_sht3x(data):
     return [-45 + 175 * raw_temperature / 65535, 100 * raw_humidity / 65535]
 
 
-class SHT3x:
-    """Sensirion SHT30/31/35 in single-shot mode, without clock stretching."""
-
-    fields = FIELDS["sht3x"]
-    ADDRESS = 0x44  # 0x45 with ADDR pulled high
-    MEASURE = b"\x24\x00"  # single shot, high repeatability, clock stretching disabled
-    MEASURE_MS = 16  # datasheet: at most 15.5 ms at high repeatability
-
-    def __init__(self, i2c, address=ADDRESS):
-        self.i2c = i2c
-        self.address = address
-
-    async def read(self):
-        try:
-            self.i2c.writeto(self.address, self.MEASURE)
-            await compat.sleep_ms(self.MEASURE_MS)
-            data = self.i2c.readfrom(self.address, 6)
-        except OSError as error:  # no ACK on the bus: sensor missing or wired wrongly
-            raise SensorError(f"SHT3x at 0x{self.address:02x}: {error}") from None
-        return decode_sht3x(data)
-
-
 def decode_aht20(data):
     """[celsius, %RH] from a 7-byte AHT20 measurement (datasheet §5.4); raises SensorError."""
     if len(data) != 7:
         raise SensorError(f"AHT20: {len(data)} bytes, expected 7")
-    if data[0] & AHT20.BUSY:
+    if data[0] & AHT20_BUSY:
         raise SensorError("AHT20: still measuring")
     if sensirion_crc8(data[:6]) != data[6]:
         raise SensorError("AHT20: CRC mismatch")
     raw_humidity = (data[1] << 12) | (data[2] << 4) | (data[3] >> 4)
     raw_temperature = ((data[3] & 0x0F) << 16) | (data[4] << 8) | data[5]
     return [raw_temperature * 200 / 1048576 - 50, raw_humidity * 100 / 1048576]
-
-
-class AHT20:
-    """Aosong AHT20: calibrate once if the status says so, then trigger and read."""
-
-    fields = FIELDS["aht20"]
-    ADDRESS = 0x38
-    STATUS = b"\x71"
-    INITIALISE = b"\xbe\x08\x00"
-    MEASURE = b"\xac\x33\x00"
-    BUSY = 0x80
-    CALIBRATED = 0x08
-    MEASURE_MS = 80  # datasheet: wait 80 ms, then poll the busy bit
-    BUSY_RETRIES = 5
-
-    def __init__(self, i2c, address=ADDRESS):
-        self.i2c = i2c
-        self.address = address
-        self.calibrated = False
-
-    async def read(self):
-        try:
-            if not self.calibrated:
-                await self._calibrate()
-            self.i2c.writeto(self.address, self.MEASURE)
-            await compat.sleep_ms(self.MEASURE_MS)
-            for _ in range(self.BUSY_RETRIES):
-                data = self.i2c.readfrom(self.address, 7)
-                if not data[0] & self.BUSY:
-                    return decode_aht20(data)
-                await compat.sleep_ms(10)
-        except OSError as error:
-            raise SensorError(f"AHT20 at 0x{self.address:02x}: {error}") from None
-        raise SensorError(f"AHT20: still busy after {self.BUSY_RETRIES} polls")
-
-    async def _calibrate(self):
-        self.i2c.writeto(self.address, self.STATUS)
-        status = self.i2c.readfrom(self.address, 1)[0]
-        if not status & self.CALIBRATED:
-            self.i2c.writeto(self.address, self.INITIALISE)
-            await compat.sleep_ms(10)
-        self.calibrated = True

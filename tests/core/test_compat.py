@@ -1,4 +1,4 @@
-"""compat: wrapping ticks arithmetic and the asyncio shim (Queue, wait_for, tasks)."""
+"""compat: wrapping ticks arithmetic and the asyncio shim (wait_for, tasks)."""
 
 from gateway.core import compat
 
@@ -59,112 +59,6 @@ def test_run_returns_the_coroutine_result():
         return 42
 
     assert compat.run(answer()) == 42
-
-
-def _check_queue(make_queue):
-    async def scenario():
-        queue = make_queue(2)
-        assert queue.empty() and not queue.full() and queue.qsize() == 0
-        queue.put_nowait("a")
-        await queue.put("b")
-        assert queue.full() and queue.qsize() == 2
-        try:
-            queue.put_nowait("c")
-        except compat.QueueFull:
-            pass
-        else:
-            raise AssertionError("put_nowait on a full queue must raise QueueFull")
-        assert queue.get_nowait() == "a"
-        assert await queue.get() == "b"
-        try:
-            queue.get_nowait()
-        except compat.QueueEmpty:
-            pass
-        else:
-            raise AssertionError("get_nowait on an empty queue must raise QueueEmpty")
-        return True
-
-    assert compat.run(scenario())
-
-
-def test_queue_nowait_and_sizes():
-    _check_queue(compat.Queue)
-
-
-def test_list_queue_nowait_and_sizes():
-    _check_queue(compat.ListQueue)
-
-
-def _check_blocking(make_queue):
-    async def scenario():
-        queue = make_queue(1)
-        got = []
-
-        async def consumer():
-            for _ in range(5):
-                got.append(await queue.get())
-
-        task = compat.create_task(consumer())
-        for number in range(5):
-            await queue.put(number)  # blocks while the single slot is taken
-        await compat.wait_for(task, 2)
-        return got
-
-    assert compat.run(scenario()) == [0, 1, 2, 3, 4]
-
-
-def test_queue_put_and_get_wait_for_each_other():
-    _check_blocking(compat.Queue)
-
-
-def test_list_queue_put_and_get_wait_for_each_other():
-    _check_blocking(compat.ListQueue)
-
-
-def _check_many_getters_and_timeouts(make_queue):
-    async def scenario():
-        queue = make_queue()
-        try:
-            await compat.wait_for(queue.get(), 0.01)
-        except compat.TimeoutError:
-            pass
-        else:
-            raise AssertionError("get on an empty queue must time out")
-        got = []
-
-        async def getter():
-            got.append(await queue.get())
-
-        tasks = [compat.create_task(getter()) for _ in range(3)]
-        await compat.sleep(0)  # let all three wait
-        for number in range(3):
-            queue.put_nowait(number)
-        await compat.wait_for(compat.gather(*tasks), 2)
-        # the timed-out get took nothing: every item reached a getter
-        return sorted(got), queue.qsize()
-
-    assert compat.run(scenario()) == ([0, 1, 2], 0)
-
-
-def test_queue_waiting_getters_and_timeouts():
-    _check_many_getters_and_timeouts(compat.Queue)
-
-
-def test_list_queue_waiting_getters_and_timeouts():
-    _check_many_getters_and_timeouts(compat.ListQueue)
-
-
-def test_list_queue_keeps_order_over_many_items():
-    queue = compat.ListQueue()
-    for number in range(1000):
-        queue.put_nowait(number)
-    out = []
-    for number in range(1000, 1500):
-        out.append(queue.get_nowait())
-        queue.put_nowait(number)
-    while not queue.empty():
-        out.append(queue.get_nowait())
-    assert out == list(range(1500))
 
 
 def test_wait_for_timeout_and_result():

@@ -26,7 +26,7 @@ def patch(kind: str) -> None:
     """Break the firmware (already on sys.path) in the way `kind` names."""
     import node
 
-    from gateway.core import protocol
+    from gateway.core import device_protocol as protocol  # what the node runs
 
     if kind == "never_resends":
         node.Node._go_back = lambda self: None
