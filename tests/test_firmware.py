@@ -432,6 +432,12 @@ def load_firmware_module(name):
     return module
 
 
+def test_set_rate_checks_the_limit_config_json_has():
+    # set_rate keeps its own copy so it runs without config.py (a full ring's heap lacks room).
+    limits = load_firmware_module("node_commands").MAX_RATE, load_firmware_module("config").MAX_RATE
+    assert limits[0] == limits[1]
+
+
 def test_sensirion_crc_and_sht3x_conversion_follow_the_datasheet():
     sensors = load_firmware_module("sensors")
     assert sensors.sensirion_crc8(b"\xbe\xef") == 0x92  # SHT3x datasheet §4.12 example

@@ -4,18 +4,19 @@ board needs about half), with the modules compiled by mpy-cross as provisioning 
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-
 from gateway.core import protocol
 from gateway.core.step_chain import STEP_MODULES
 from gateway.sources.simulator import VirtualSerialDevice
 from host_tools import resources
-from tests.support.firmware import Peer, find_micropython, run_soak, staged_sensor_node
+from tests.support.firmware import (
+    SENSOR_NODE_HEAP,
+    Peer,
+    ring_full,
+    run_soak,
+    start_sensor_node,
+)
 from tests.support.waiting import wait_until
 
-SENSOR_NODE_HEAP = "96k"
 FULL_FRAME = 247  # bytes of records in a sensor node's DATA frame (firmware README, "DATA")
 RECORD = 14  # one synthetic record: stream, dts, count, n and value
 SOAK_SECONDS = 24  # every path runs in the first seconds; make bench soaks for 10 minutes
@@ -66,9 +67,14 @@ def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
     try:
         peer.expect(protocol.HELLO, 5.0)
         wait_until(lambda: ring_full(peer), 30, "the ring to fill", interval=0.25)
+        # Commands with the ring full: set_rate applies; set_config, which loads the config
+        # validator, may find no room and answer BUSY, and the node runs on either way.
+        rate = peer.call("set_rate", {"stream": "synthetic", "rate": 200})
+        config = peer.call("set_config", {"heartbeat_ms": 4000})
         peer.ack_fresh()
         unacked = peer.collect(protocol.DATA, 2)  # four go-back-N rounds of the full ring
         acked = peer.collect_acking(4)
+        status, after = peer.call("info", {"section": "counters"})
         running = process.poll() is None
     except AssertionError as error:  # the node stopped answering: its output tells why
         failure = str(error)
@@ -83,6 +89,11 @@ def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
     assert min(len(frame.payload) for frame in unacked) > FULL_FRAME - RECORD, "frames not full"
     assert running and "MemoryError" not in output, output[-2000:]
     assert len(acked) > 100, f"only {len(acked)} frames after the ACKs resumed"
+    assert status == protocol.STATUS_OK, after
+    assert rate == (protocol.STATUS_OK, {"stream": "synthetic", "rate": 200.0, "saved": True})
+    assert config[0] in (protocol.STATUS_OK, protocol.NACK_BUSY), config
+    print(f"sensor node mem_free after catching up, in {SENSOR_NODE_HEAP}:", after["mem_free"])
+    assert after["mem_free"] > 0
 
 
 def test_a_sensor_node_whose_ring_does_not_fit_its_heap_runs_on_the_defaults(tmp_path):
@@ -107,30 +118,3 @@ def test_a_sensor_node_whose_ring_does_not_fit_its_heap_runs_on_the_defaults(tmp
         "ring: 1024 frames do not fit in the heap",
     )
     assert running and "MemoryError" not in output, output[-2000:]
-
-
-def start_sensor_node(tmp_path, device, config):
-    """The sensor node as provisioning compiles it, under SENSOR_NODE_HEAP, with config (device
-    n1 on the device's pty unless it says otherwise); (process, path of its output)."""
-    config = {"device": "n1", "link": {"type": "fd", "fd": device.master}, **config}
-    config_path = tmp_path / "node.json"
-    config_path.write_text(json.dumps(config))
-    stage = staged_sensor_node()
-    log_path = tmp_path / "node.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [find_micropython(), "-X", f"heapsize={SENSOR_NODE_HEAP}"]
-            + [os.path.join(stage, "main.py"), "--config", str(config_path)],
-            env={**os.environ, "MICROPYPATH": ".frozen:" + stage},
-            pass_fds=(device.master,),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    return process, log_path
-
-
-def ring_full(peer: Peer) -> bool:
-    """Whether the node has paused sampling on a full ring (its ring_full counter)."""
-    status, result = peer.call("info", {"section": "counters"})
-    assert status == protocol.STATUS_OK, result
-    return result["counters"]["ring_full"] > 0

@@ -1,7 +1,7 @@
-"""The node's JSON configuration file: defaults, validation with key paths, merge and save."""
+"""The node's JSON configuration file: defaults, validation with key paths, merge (node_commands
+writes it)."""
 
 import json
-import os
 
 # Every key a config.json may hold. A board without the file runs these: one synthetic stream
 # over USB CDC, so a freshly flashed board already talks to a gateway.
@@ -87,14 +87,6 @@ def fallback(config):
     if not errors:
         safe["link"] = copy(config["link"])
     return safe
-
-
-def save(path, config):
-    """Write config as JSON, through a temporary file so a power cut leaves the old file whole."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as handle:
-        handle.write(json.dumps(config))
-    os.rename(temporary, path)
 
 
 def changed_keys(old, new):

@@ -566,11 +566,14 @@ class Node:
     def _run_command(self, name, args):
         """(status, result) of a command. node_commands is loaded for it and let go again, with
         config.py that set_rate and set_config load: neither is in the heap while the RESP is
-        encoded, nor between commands."""
-        import node_commands
-
+        encoded, nor between commands. A heap too full for them (a full ring in a small
+        heap) answers BUSY, the command not applied, and the node runs on."""
         try:
+            import node_commands
+
             return node_commands.run(self, name, args)
+        except MemoryError:
+            return protocol.NACK_BUSY, {"error": "no memory for this command now; try again"}
         finally:
             sys.modules.pop("node_commands", None)
             sys.modules.pop("config", None)

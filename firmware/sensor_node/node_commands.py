@@ -8,6 +8,9 @@ from gateway.core import device_protocol as protocol
 
 # Keys a changed config must keep for the running node to apply it without a reboot.
 REBOOT_KEYS = ("device", "streams", "link", "ring")
+# config.MAX_RATE, the same limit (tests/test_firmware.py checks), kept here too so set_rate
+# runs without loading config.py: a full ring in a small heap leaves no room for it.
+MAX_RATE = 1000.0
 
 
 class BadArguments(Exception):
@@ -26,8 +29,20 @@ def run(node, name, args):
         return protocol.NACK_BAD_ARGUMENTS, {"error": str(error)}
 
 
+# Free heap config.py needs to load (7.2 KB on the unix port) and some to work in. With less,
+# an import would fail halfway and leave the heap in pieces a frame no longer fits in.
+CONFIG_HEAP = 10 * 1024
+
+
 def _config_module():
-    """config.py, imported when a command needs it (node.py lets it go after the command)."""
+    """config.py, imported when a command needs it (node.py lets it go after the command);
+    MemoryError, before trying, when the heap cannot hold it now."""
+    import gc
+
+    if hasattr(gc, "mem_free"):  # MicroPython: CPython's heap grows as needed
+        gc.collect()
+        if gc.mem_free() < CONFIG_HEAP:
+            raise MemoryError("no room for config.py")
     import config
 
     return config
@@ -37,13 +52,25 @@ def ping(node, args):
     return {"pong": True, "uptime_ms": node.uptime_ms()}
 
 
+def heap_free():
+    """{"mem_free": bytes} after a collection, on MicroPython (CPython cannot say)."""
+    import gc
+
+    if not hasattr(gc, "mem_free"):
+        return {}
+    gc.collect()
+    return {"mem_free": gc.mem_free()}
+
+
 def info(node, args):
     """The HELLO plus state; parts that would not fit one frame are left out and named."""
     section = args.get("section")
     if section == "config":
         return {"config": node.config}
     if section == "counters":
-        return {"counters": node.counters}
+        result = {"counters": node.counters}
+        result.update(heap_free())
+        return result
     if section is not None:
         raise BadArguments(f'section: expected "config" or "counters", got {section!r}')
     result = node.describe()
@@ -71,11 +98,8 @@ def set_rate(node, args):
         raise BadArguments(f"stream: expected one of {names}, got {name!r}")
     rate = args.get("rate")
     valid = isinstance(rate, (int, float)) and not isinstance(rate, bool)
-    node_config = _config_module()
-    if not valid or not 0 <= rate <= node_config.MAX_RATE:
-        raise BadArguments(
-            f"rate: expected a number 0..{node_config.MAX_RATE:g} (0 pauses), got {rate!r}"
-        )
+    if not valid or not 0 <= rate <= MAX_RATE:
+        raise BadArguments(f"rate: expected a number 0..{MAX_RATE:g} (0 pauses), got {rate!r}")
     stream.rate = float(rate)
     stream.changed.set()
     node.config["streams"][stream.index]["rate"] = rate
@@ -110,11 +134,23 @@ def _save(node):
     if node.config_path is None:
         return False
     try:
-        _config_module().save(node.config_path, node.config)
-    except OSError as error:
+        _write_config(node.config_path, node.config)
+    except (OSError, MemoryError) as error:
+        # Applied already: the change holds until the next boot, and the RESP says unsaved.
         node.log(protocol.LOG_ERROR, f"config not saved: {error}")
         return False
     return True
+
+
+def _write_config(path, config):
+    """config as JSON, through a temporary file so a power cut leaves the old file whole."""
+    import json
+    import os
+
+    temporary = path + ".tmp"
+    with open(temporary, "w") as handle:
+        json.dump(config, handle)
+    os.rename(temporary, path)
 
 
 COMMANDS = {

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import select
+import subprocess
 import tempfile
 import time
 import tty
+from pathlib import Path
 from typing import Any, Callable
 
 from gateway.core import protocol
@@ -293,6 +295,45 @@ def describe(item: Any) -> str:
 def data_records(frames: list[protocol.Frame]) -> list[tuple[int, int, list[float]]]:
     """Every record of these DATA frames, in order."""
     return [record for frame in frames for record in protocol.parse_data(frame.payload)]
+
+
+# -- the sensor node's heap -----------------------------------------------------------------
+
+# The design's budget for the sensor node on the unix port (64-bit: a 32-bit board needs
+# about half), with a ring of 64 full DATA frames.
+SENSOR_NODE_HEAP = "96k"
+
+
+def start_sensor_node(
+    tmp_path: Path,
+    device: VirtualSerialDevice,
+    config: dict[str, Any],
+    heap: str = SENSOR_NODE_HEAP,
+) -> tuple[subprocess.Popen, Path]:
+    """The sensor node as provisioning compiles it, under `heap`, with config (device n1 on
+    the device's pty unless it says otherwise); (process, path of its output)."""
+    config = {"device": "n1", "link": {"type": "fd", "fd": device.master}, **config}
+    config_path = tmp_path / "node.json"
+    config_path.write_text(json.dumps(config))
+    stage = staged_sensor_node()
+    log_path = tmp_path / "node.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [find_micropython(), "-X", f"heapsize={heap}"]
+            + [os.path.join(stage, "main.py"), "--config", str(config_path)],
+            env={**os.environ, "MICROPYPATH": ".frozen:" + stage},
+            pass_fds=(device.master,),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log_path
+
+
+def ring_full(peer: Peer) -> bool:
+    """Whether the node has paused sampling on a full ring (its ring_full counter)."""
+    status, result = peer.call("info", {"section": "counters"})
+    assert status == protocol.STATUS_OK, result
+    return result["counters"]["ring_full"] > 0
 
 
 # -- the gateway node's heap soak ------------------------------------------------------------
