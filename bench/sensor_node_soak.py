@@ -22,25 +22,21 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gateway.core import protocol  # noqa: E402
-from gateway.sources.simulator import VirtualSerialDevice  # noqa: E402
 from tests.support.firmware import (  # noqa: E402
     SENSOR_NODE_HEAP,
-    Peer,
+    CompiledSensorNode,
     data_records,
     ring_full,
-    start_sensor_node,
 )
 from tests.support.waiting import wait_until  # noqa: E402
 
 
 def soak(workdir: Path, minutes: float, heap: str) -> dict:
-    device = VirtualSerialDevice()
     stream = {"name": "synthetic", "type": "synthetic", "rate": 200}
-    process, log_path = start_sensor_node(workdir, device, {"streams": [stream]}, heap)
-    peer = Peer(device.path)
     mem_free: list[int] = []
     readings = 0
-    try:
+    with CompiledSensorNode(workdir, {"streams": [stream]}, heap) as node:
+        peer = node.peer
         peer.expect(protocol.HELLO, 5.0)
         wait_until(lambda: ring_full(peer), 30, "the ring to fill", interval=0.25)
         peer.ack_fresh()
@@ -51,13 +47,8 @@ def soak(workdir: Path, minutes: float, heap: str) -> dict:
             if status != protocol.STATUS_OK:
                 break
             mem_free.append(result["mem_free"])
-        alive = process.poll() is None
-    finally:
-        process.kill()
-        process.wait()
-        peer.close()
-        device.close()
-    output = log_path.read_text(errors="replace")
+        alive = node.running
+    output = node.output()
     return {
         "heap": heap,
         "minutes": minutes,

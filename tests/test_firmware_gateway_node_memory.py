@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from gateway.core import protocol
 from gateway.core.step_chain import STEP_MODULES
-from gateway.sources.simulator import VirtualSerialDevice
 from host_tools import resources
 from tests.support.firmware import (
     SENSOR_NODE_HEAP,
-    Peer,
+    CompiledSensorNode,
     ring_full,
     run_soak,
-    start_sensor_node,
 )
 from tests.support.waiting import wait_until
 
@@ -59,31 +57,25 @@ def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
     everything acknowledged while it catches up at 200 samples/s. The HELLO stays
     unacknowledged meanwhile, so records pile up into full frames until sampling pauses (an
     acknowledged HELLO would have each record sent at once, one per frame)."""
-    device = VirtualSerialDevice()
     stream = {"name": "synthetic", "type": "synthetic", "rate": 200}
-    process, log_path = start_sensor_node(tmp_path, device, {"streams": [stream]})
-    peer = Peer(device.path)
     failure = None
-    try:
-        peer.expect(protocol.HELLO, 5.0)
-        wait_until(lambda: ring_full(peer), 30, "the ring to fill", interval=0.25)
-        # Commands with the ring full: set_rate applies; set_config, which loads the config
-        # validator, may find no room and answer BUSY, and the node runs on either way.
-        rate = peer.call("set_rate", {"stream": "synthetic", "rate": 200})
-        config = peer.call("set_config", {"heartbeat_ms": 4000})
-        peer.ack_fresh()
-        unacked = peer.collect(protocol.DATA, 2)  # four go-back-N rounds of the full ring
-        acked = peer.collect_acking(4)
-        status, after = peer.call("info", {"section": "counters"})
-        running = process.poll() is None
-    except AssertionError as error:  # the node stopped answering: its output tells why
-        failure = str(error)
-    finally:
-        process.kill()
-        process.wait()
-        peer.close()
-        device.close()
-    output = log_path.read_text(errors="replace")
+    with CompiledSensorNode(tmp_path, {"streams": [stream]}) as node:
+        peer = node.peer
+        try:
+            peer.expect(protocol.HELLO, 5.0)
+            wait_until(lambda: ring_full(peer), 30, "the ring to fill", interval=0.25)
+            # Commands with the ring full: set_rate applies; set_config, which loads the config
+            # validator, may find no room and answer BUSY, and the node runs on either way.
+            rate = peer.call("set_rate", {"stream": "synthetic", "rate": 200})
+            config = peer.call("set_config", {"heartbeat_ms": 4000})
+            peer.ack_fresh()
+            unacked = peer.collect(protocol.DATA, 2)  # four go-back-N rounds of the full ring
+            acked = peer.collect_acking(4)
+            status, after = peer.call("info", {"section": "counters"})
+            running = node.running
+        except AssertionError as error:  # the node stopped answering: its output tells why
+            failure = str(error)
+    output = node.output()
     assert failure is None, f"{failure}\n{output[-2000:]}"
     assert len({frame.seq for frame in unacked}) == protocol.RING_FRAMES, "the ring did not fill"
     assert min(len(frame.payload) for frame in unacked) > FULL_FRAME - RECORD, "frames not full"
@@ -99,19 +91,11 @@ def test_the_sensor_node_survives_a_full_ring_in_its_heap(tmp_path):
 def test_a_sensor_node_whose_ring_does_not_fit_its_heap_runs_on_the_defaults(tmp_path):
     """The ring is allocated whole at boot, so a ring too big for the heap shows there: the
     node runs on the default config (whose ring fits) and says which key did not fit."""
-    device = VirtualSerialDevice()
-    process, log_path = start_sensor_node(tmp_path, device, {"ring": 1024})
-    peer = Peer(device.path)
-    try:
-        hello = peer.handshake()
-        log = peer.expect(protocol.LOG, where=lambda frame: b"ring: 1024" in frame.payload)
-        running = process.poll() is None
-    finally:
-        process.kill()
-        process.wait()
-        peer.close()
-        device.close()
-    output = log_path.read_text(errors="replace")
+    with CompiledSensorNode(tmp_path, {"ring": 1024}) as node:
+        hello = node.peer.handshake()
+        log = node.peer.expect(protocol.LOG, where=lambda frame: b"ring: 1024" in frame.payload)
+        running = node.running
+    output = node.output()
     assert hello["device"] == "sensor-node", hello  # the default config's name
     assert protocol.parse_log(log.payload) == (
         protocol.LOG_ERROR,

@@ -304,14 +304,36 @@ def data_records(frames: list[protocol.Frame]) -> list[tuple[int, int, list[floa
 SENSOR_NODE_HEAP = "96k"
 
 
-def start_sensor_node(
-    tmp_path: Path,
-    device: VirtualSerialDevice,
-    config: dict[str, Any],
-    heap: str = SENSOR_NODE_HEAP,
+class CompiledSensorNode:
+    """The sensor node as provisioning compiles it, in its own process under a heap limit,
+    with a Peer on its link: `with CompiledSensorNode(...) as node:` ends both on exit."""
+
+    def __init__(self, tmp_path: Path, config: dict[str, Any], heap: str = SENSOR_NODE_HEAP):
+        self.device = VirtualSerialDevice()
+        self.process, self.log_path = _start_compiled_node(tmp_path, self.device, config, heap)
+        self.peer = Peer(self.device.path)
+
+    def __enter__(self) -> CompiledSensorNode:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.peer.close()
+        self.device.close()
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _start_compiled_node(
+    tmp_path: Path, device: VirtualSerialDevice, config: dict[str, Any], heap: str
 ) -> tuple[subprocess.Popen, Path]:
-    """The sensor node as provisioning compiles it, under `heap`, with config (device n1 on
-    the device's pty unless it says otherwise); (process, path of its output)."""
+    """config: device n1 on the device's pty unless it says otherwise."""
     config = {"device": "n1", "link": {"type": "fd", "fd": device.master}, **config}
     config_path = tmp_path / "node.json"
     config_path.write_text(json.dumps(config))
