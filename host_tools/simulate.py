@@ -23,7 +23,7 @@ REPO_ROOT = resources.import_root()
 FIRMWARE_DIR = resources.firmware_dir("sensor_node")
 RUNTIMES = ("micropython", "cpython")
 MAX_RATE = 1000.0  # the firmware's limit per stream
-STOP_TIMEOUT = 5.0  # seconds a node gets to exit after SIGINT before it is killed
+STOP_TIMEOUT = 10.0  # seconds a node gets to exit after SIGINT before it is killed
 GATEWAY_NODE_HEAP = "192k"  # the stated budget of the gateway node (firmware/gateway_node)
 
 
@@ -69,7 +69,10 @@ def node_command(runtime: str, config_path: str) -> tuple[list[str], dict[str, s
         # The firmware's folder comes first on sys.path as the script's own; the repo root
         # provides gateway.core, exactly as MICROPYPATH does for MicroPython.
         pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-        return [sys.executable, main, "--config", config_path], {"PYTHONPATH": pythonpath}
+        # -X faulthandler: a node that does not stop is aborted, and its output says where
+        # it was (NodeProcess.stop).
+        argv = [sys.executable, "-X", "faulthandler", main, "--config", config_path]
+        return argv, {"PYTHONPATH": pythonpath}
     raise SimulateError(f"unknown runtime {runtime!r}; expected one of {', '.join(RUNTIMES)}")
 
 
@@ -156,11 +159,23 @@ class NodeProcess:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                self._abort()
         if self.owns_device:
             self.device.close()
         return self.process.returncode
+
+    def _abort(self) -> None:
+        """A node that did not stop: CPython's faulthandler writes every thread's stack to
+        its output on SIGABRT; then it is killed."""
+        if self.runtime == "cpython":
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(2)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        self.process.kill()
+        self.process.wait()
 
     def output(self) -> str:
         try:

@@ -345,7 +345,7 @@ def test_bad_frames_are_counted_and_answered_without_harm(launch):
 def test_sigint_stops_the_node_cleanly(launch):
     node, peer = launch()
     peer.handshake()
-    assert node.stop() == 0
+    assert node.stop() == 0, node.output()[-3000:]
 
 
 def test_repl_escape_ends_the_host_node(launch):

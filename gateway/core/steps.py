@@ -1,8 +1,8 @@
 """What each transform step takes, for the config validator: STEP_PARAMETERS and check_step.
 
-The steps themselves are in step_fields, step_numbers, step_windows and step_validate,
-run by step_chain (a board loads only those, never this module: its config was validated
-when host-tools compiled it). STEP_PARAMETERS describes every op:
+The steps themselves are in the step_* modules (step_chain.STEP_MODULES says which holds
+each op), run by step_chain (a board loads only those, never this module: its config was
+validated when host-tools compiled it). STEP_PARAMETERS describes every op:
 
     {op: {param: (type, required)}}
 
