@@ -23,7 +23,7 @@ REPO_ROOT = resources.import_root()
 FIRMWARE_DIR = resources.firmware_dir("sensor_node")
 RUNTIMES = ("micropython", "cpython")
 MAX_RATE = 1000.0  # the firmware's limit per stream
-STOP_TIMEOUT = 10.0  # seconds a node gets to exit after SIGINT before it is killed
+STOP_TIMEOUT = 5.0  # seconds a node gets to exit after SIGINT before it is killed
 GATEWAY_NODE_HEAP = "192k"  # the stated budget of the gateway node (firmware/gateway_node)
 
 

@@ -137,11 +137,12 @@ def test_killing_the_connected_node_mid_stream_loses_no_reading(nats_cluster, tm
     for index in range(DEVICES):
         firsts = tally.counters(f"dev-{index}")
         assert sorted(firsts) == list(range(total)), "missing or twice among first arrivals"
-        # In order, except around the failover: what the killed node had acknowledged may
-        # reach the consumer after newer readings (the cluster's new stream leader delivers
-        # it), never further out of place than the in-flight window.
-        displaced = [abs(position - n) for position, n in enumerate(firsts)]
-        assert max(displaced) <= MAX_INFLIGHT, max(displaced)
+        # In order, except around the failover: what was in flight when the node died may
+        # reach the consumer after newer readings (sent again by the gateway, or delivered
+        # late by the cluster, which redelivers only after its ack wait), and all of it lies
+        # within one in-flight window of readings.
+        late = late_arrivals(firsts)
+        assert not late or max(late) - min(late) < MAX_INFLIGHT, late
     assert tally.unique == expected
     assert sum(mqtt["buffer"]["drops"].values()) == 0, mqtt["buffer"]
     # Sent again after each move (to the next node, and back to an earlier one once it
@@ -156,3 +157,14 @@ def test_killing_the_connected_node_mid_stream_loses_no_reading(nats_cluster, tm
         f"{max(tally.duplicate_lag, default=0)}), resent {mqtt['resent']}, "
         f"{mqtt['failovers']} moves, now on {mqtt['broker']}"
     )
+
+
+def late_arrivals(seqs: list[int]) -> list[int]:
+    """The seqs that arrived after a higher one."""
+    late = []
+    highest = -1
+    for seq in seqs:
+        if seq < highest:
+            late.append(seq)
+        highest = max(highest, seq)
+    return late

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import struct
 import sys
 
@@ -344,6 +345,17 @@ def test_bad_frames_are_counted_and_answered_without_harm(launch):
 
 def test_sigint_stops_the_node_cleanly(launch):
     node, peer = launch()
+    peer.handshake()
+    assert node.stop() == 0, node.output()[-3000:]
+
+
+def test_sigint_stops_a_node_started_with_sigint_ignored(launch):
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        node, peer = launch()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     peer.handshake()
     assert node.stop() == 0, node.output()[-3000:]
 

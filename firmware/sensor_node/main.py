@@ -133,6 +133,7 @@ def main(argv=None):
     except ValueError as error:
         echo(str(error))
         return exit_with("usage")
+    stop_on_sigint()
     try:
         outcome = compat.run(run(options["config"]))
     except KeyboardInterrupt:
@@ -150,6 +151,17 @@ def main(argv=None):
     if outcome == "repl" and not HOST:
         return None  # leaving main.py starts the REPL
     return exit_with(outcome)
+
+
+def stop_on_sigint():
+    """On CPython, SIGINT stops the node however it was started. A shell starts background
+    jobs with SIGINT ignored, CPython then keeps it ignored, and the node would run on after
+    host-tools asked it to stop. (The MicroPython unix port always catches SIGINT.)"""
+    if sys.implementation.name != "cpython":
+        return
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def exit_with(outcome):
