@@ -10,14 +10,13 @@ the breaker's 30 s.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.config import gateway_toml, line_source
-from tests.support.e2e import DeviceWriters, GatewayProcess
+from tests.support.e2e import CounterStream, DeviceWriters, GatewayProcess
 from tests.support.subscriber import Tally, by_seq, sink_stats, wait_for_unique
 
 GATEWAY_ID = "restarts"
@@ -30,7 +29,6 @@ GIVE_UP = 35.0  # a cycle that has not resumed by then is reported as such (a br
 RUN_BETWEEN = 1.5  # streaming on a healthy broker after each resume
 MAX_INFLIGHT = 100
 CONNECTED_LOG = "sink mqtt: connected to MQTT broker at"
-LINE = b'{"n":%d,"t":%d,"sent":%.6f}\n'
 
 
 def restart_config(device_path: str, broker_port: int, api_port: int) -> str:
@@ -38,43 +36,6 @@ def restart_config(device_path: str, broker_port: int, api_port: int) -> str:
     sources = [line_source("dev-0", device_path)]
     sink_keys = f"max_inflight = {MAX_INFLIGHT}"
     return gateway_toml(GATEWAY_ID, api_port, broker_port, sources, "spill", sink_keys)
-
-
-class Stream:
-    """Counter lines at `rate` per second, in one-second runs of DeviceWriters, until finish()."""
-
-    def __init__(self, writers: DeviceWriters, rate: int):
-        self.writers = writers
-        self.rate = rate
-        self.written = 0  # per device
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="stream")
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                first = self.written
-                self.writers.run(
-                    self.rate,
-                    self.rate,
-                    line_for=lambda i, first=first: LINE % (first + i, first + i, time.time()),
-                )
-                self.written += self.rate
-        except BaseException as error:  # re-raised by finish()
-            self._error = error
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def finish(self) -> int:
-        """Stop after the current run; returns the lines written per device."""
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self.written
 
 
 def delivered(gateway: GatewayProcess) -> tuple[int, bool]:
@@ -111,7 +72,7 @@ def test_ten_broker_restarts_lose_nothing_and_resume_within_two_seconds(
     writers = DeviceWriters(1, str(tmp_path))
     subscriber = ProcessSubscriber(broker.port, TOPIC)
     gateway = gateway_process(restart_config(writers.paths[0], broker.port, api_port))
-    stream = Stream(writers, RATE)
+    stream = CounterStream(writers, RATE)
     resume_times: list[float | None] = []
     seen_down: list[bool] = []
     try:

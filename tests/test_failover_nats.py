@@ -10,14 +10,13 @@ the in-flight window.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 
 from tests.support.broker import ProcessSubscriber, free_port
 from tests.support.config import gateway_toml, line_source
-from tests.support.e2e import DeviceWriters, GatewayProcess
+from tests.support.e2e import CounterStream, DeviceWriters, GatewayProcess
 from tests.support.nats_cluster import NatsCluster
 from tests.support.subscriber import Tally, by_seq, sink_stats, wait_for_unique
 from tests.support.waiting import wait_until
@@ -56,38 +55,6 @@ def failover_config(cluster: NatsCluster, paths: list[str], api_port: int) -> st
     return text.replace(f'url = "mqtt://127.0.0.1:{first}"', f"urls = [{urls}]")
 
 
-class Stream:
-    """Counter lines on every device at RATE per second, in half-second runs, until stopped."""
-
-    def __init__(self, writers: DeviceWriters):
-        self.writers = writers
-        self.written = 0  # per device
-        self._stop = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="stream")
-
-    def _run(self) -> None:
-        line = b'{"n":%d,"t":%d}\n'
-        try:
-            while not self._stop.is_set():
-                first, count = self.written, RATE // 2
-                self.writers.run(count, RATE, lambda i, f=first: line % (f + i, f + i))
-                self.written += count
-        except BaseException as error:  # re-raised by finish()
-            self._error = error
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def finish(self) -> int:
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self.written
-
-
 @pytest.mark.timeout(120)
 def test_killing_the_connected_node_mid_stream_loses_no_reading(nats_cluster, tmp_path):
     cluster = nats_cluster
@@ -96,7 +63,8 @@ def test_killing_the_connected_node_mid_stream_loses_no_reading(nats_cluster, tm
     writers = DeviceWriters(DEVICES, str(tmp_path))
     consumer = ProcessSubscriber(consumer_node.mqtt_port, TOPIC)
     gateway = GatewayProcess(failover_config(cluster, writers.paths, api_port), str(tmp_path))
-    stream = Stream(writers)
+    line = b'{"n":%d,"t":%d}\n'
+    stream = CounterStream(writers, RATE, lambda n: line % (n, n), run_seconds=0.5)
     try:
         gateway.start(api_port)
         connected = sink_stats(gateway.health()["stats"])["broker"]

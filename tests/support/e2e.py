@@ -301,6 +301,11 @@ class GatewayProcess:
             return file.read()[-5000:]
 
 
+def counter_line(n: int) -> bytes:
+    """The n-th counter line, stamped with when it is written (latency is measured from it)."""
+    return b'{"n":%d,"t":%d,"sent":%.6f}\n' % (n, n, time.time())
+
+
 class DeviceWriters:
     """Writes counter lines `{"n": i, "t": ..., "sent": time}` into pty devices at a paced rate."""
 
@@ -315,9 +320,7 @@ class DeviceWriters:
 
     def run(self, per_device: int, rate_per_device: float, line_for=None) -> float:
         """Write per_device lines to every device; returns the seconds it took."""
-        line_for = line_for or (
-            lambda index: b'{"n":%d,"t":%d,"sent":%.6f}\n' % (index, index, time.time())
-        )
+        line_for = line_for or counter_line
         errors: list[BaseException] = []
 
         def write(device) -> None:
@@ -354,6 +357,42 @@ class DeviceWriters:
     def close(self) -> None:
         for device in self.devices:
             device.close()
+
+
+class CounterStream:
+    """Counter lines on every device of `writers` at `rate` per second, in runs of
+    `run_seconds`, from a thread of its own until finish(); line_for(n) is the n-th line."""
+
+    def __init__(self, writers: DeviceWriters, rate: int, line_for=counter_line, run_seconds=1.0):
+        self.writers = writers
+        self.rate = rate
+        self.line_for = line_for
+        self.per_run = int(rate * run_seconds)
+        self.written = 0  # per device
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stream")
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                first = self.written
+                self.writers.run(self.per_run, self.rate, lambda i, f=first: self.line_for(f + i))
+                self.written += self.per_run
+        except BaseException as error:  # re-raised by finish()
+            self._error = error
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> int:
+        """Stop after the current run; returns the lines written per device."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.written
 
 
 def percentile(values: list[float], fraction: float) -> float:
