@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -33,7 +32,9 @@ from host_tools.simulate import (
     STOP_TIMEOUT,
     SimulateError,
     find_micropython,
+    interrupt,
 )
+from host_tools.stop_signals import on_stop_signals
 
 DEFAULT_HEAP = GATEWAY_NODE_HEAP
 APP = "gateway_node"
@@ -184,12 +185,8 @@ class GatewayNodeProcess:
         """SIGINT (clean: buffers flushed, "offline" published), SIGKILL after timeout."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if not interrupt(self.process, timeout):
+            self.kill()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -223,31 +220,26 @@ def run(config_path: str, heap: str, out: TextIO = sys.stdout, err: TextIO = sys
             print(f"{config_path}: {line}", file=err)
         return 2
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
-    try:
-        with tempfile.TemporaryDirectory(prefix="host-tools-gateway-node-") as workdir:
-            node = GatewayNodeProcess(config, workdir, heap)
-            try:
-                node.start()
-                ports = ", ".join(source.get("port", "?") for source in config["sources"])
-                print(f"gateway node {config['gateway']} running on {ports}", file=err, flush=True)
-                print(json.dumps({"data_dir": config["data_dir"]}), file=out, flush=True)
-                while not stop.wait(0.2):
-                    if not node.running:
-                        print(node.output()[-4000:], file=err, flush=True)
-                        return 1
-                return 0
-            finally:
-                node.stop()
-                tail = node.output()
-                if tail:
-                    print(tail[-4000:].rstrip(), file=err, flush=True)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    with (
+        on_stop_signals(stop.set),
+        tempfile.TemporaryDirectory(prefix="host-tools-gateway-node-") as workdir,
+    ):
+        node = GatewayNodeProcess(config, workdir, heap)
+        try:
+            node.start()
+            ports = ", ".join(source.get("port", "?") for source in config["sources"])
+            print(f"gateway node {config['gateway']} running on {ports}", file=err, flush=True)
+            print(json.dumps({"data_dir": config["data_dir"]}), file=out, flush=True)
+            while not stop.wait(0.2):
+                if not node.running:
+                    print(node.output()[-4000:], file=err, flush=True)
+                    return 1
+            return 0
+        finally:
+            node.stop()
+            tail = node.output()
+            if tail:
+                print(tail[-4000:].rstrip(), file=err, flush=True)
 
 
 def command(args: Any) -> int:

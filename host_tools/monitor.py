@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any, TextIO
 
 from gateway.core import protocol
 from host_tools.session import Session
+from host_tools.stop_signals import on_stop_signals
 from host_tools.wire import Channel, Received, WireError, describe_frame, hex_bytes
 
 EXIT_OK = 0
@@ -205,21 +205,14 @@ def detect_framing(data: bytes) -> str:
 
 def monitor_command(args: argparse.Namespace) -> int:
     monitor = Monitor(sys.stdout, args.json, args.framing)
-    previous = {
-        sig: signal.signal(sig, lambda *_: monitor.stop())
-        for sig in (signal.SIGINT, signal.SIGTERM)
-    }
     try:
-        with Channel(args.port, args.baud) as channel:
+        with on_stop_signals(monitor.stop), Channel(args.port, args.baud) as channel:
             print(f"monitoring {args.port} (Ctrl-C stops)", file=sys.stderr, flush=True)
             run_monitor(channel, monitor, args.seconds, not args.passive)
     except WireError as error:
         print(f"host-tools monitor: {error}", file=sys.stderr)
         print("hint: `host-tools ports` lists the ports; is a gateway using it?", file=sys.stderr)
         return EXIT_FAILURE
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if args.json:
         print(json.dumps({"summary": monitor.summary()}), flush=True)
     else:

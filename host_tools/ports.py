@@ -169,17 +169,11 @@ def ports_command(args: argparse.Namespace) -> int:
 
 
 def _watch(lister: Callable[[], list[dict[str, Any]]], as_json: bool) -> int:
-    import signal
+    from host_tools.stop_signals import on_stop_signals
 
     stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
+    with on_stop_signals(stop.set):
         watch(lister, sys.stdout, stop, as_json)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from gateway.sources.simulator import VirtualSerialDevice
 from host_tools import resources
+from host_tools.stop_signals import on_stop_signals
 
 # Package data (a wheel has no source tree): the folder holding `gateway`, and the firmware.
 REPO_ROOT = resources.import_root()
@@ -31,6 +32,19 @@ GATEWAY_NODE_HEAP = "192k"  # the stated budget of the gateway node (firmware/ga
 _OWN_PROCESS_GROUP: dict[str, Any] = (
     {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 )
+
+
+def interrupt(process: subprocess.Popen, timeout: float) -> bool:
+    """SIGINT to a process still running (the firmware's clean stop); whether it has ended
+    within timeout seconds."""
+    if process.poll() is not None:
+        return True
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 class SimulateError(Exception):
@@ -154,12 +168,8 @@ class NodeProcess:
         """SIGINT (the node exits cleanly), SIGKILL if it does not within timeout; exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._abort()
+        if not interrupt(self.process, timeout):
+            self._abort()
         if self.owns_device:
             self.device.close()
         return self.process.returncode
@@ -208,30 +218,25 @@ def run(
 ) -> int:
     """Start count nodes, print their ports, run until SIGINT/SIGTERM; 0 if all ran cleanly."""
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in _STOP_SIGNALS}
-    try:
-        with tempfile.TemporaryDirectory(prefix="host-tools-simulate-") as workdir:
-            nodes = [
-                NodeProcess(node_config(f"{prefix}-{index}", rate), runtime, workdir)
-                for index in range(1, count + 1)
-            ]
-            try:
-                for node in nodes:
-                    node.start()
-                for node in nodes:
-                    print(node.path, file=out)
-                print("\n# gateway.toml\n" + sources_toml(nodes), file=out, flush=True)
-                print(f"{count} {runtime} node(s) running; Ctrl-C stops them", file=err, flush=True)
-                return _supervise(nodes, stop, err)
-            finally:
-                for node in nodes:
-                    node.stop()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    with (
+        on_stop_signals(stop.set),
+        tempfile.TemporaryDirectory(prefix="host-tools-simulate-") as workdir,
+    ):
+        nodes = [
+            NodeProcess(node_config(f"{prefix}-{index}", rate), runtime, workdir)
+            for index in range(1, count + 1)
+        ]
+        try:
+            for node in nodes:
+                node.start()
+            for node in nodes:
+                print(node.path, file=out)
+            print("\n# gateway.toml\n" + sources_toml(nodes), file=out, flush=True)
+            print(f"{count} {runtime} node(s) running; Ctrl-C stops them", file=err, flush=True)
+            return _supervise(nodes, stop, err)
+        finally:
+            for node in nodes:
+                node.stop()
 
 
 def _supervise(nodes: list[NodeProcess], stop: threading.Event, err: TextIO) -> int:
